@@ -1,0 +1,1 @@
+//! FastAGI wire format (stub; being written).

@@ -1,0 +1,3 @@
+//! Asterisk FastAGI front end: `codec` is pure bytes <-> messages, `session` drives one call.
+
+pub mod codec;

@@ -1,0 +1,1 @@
+//! Caller-ID normalization (stub; being written).
