@@ -1,8 +1,22 @@
 //! callguard: a call-screening sidecar for Asterisk (FastAGI) and FreeSWITCH.
 //!
 //! Module map (each module's `//!` line says what it owns):
-//! - [`number`]: caller-ID text -> canonical [`number::CallerNumber`]; numbering plans as data.
-//! - [`agi`]: FastAGI codec (pure bytes) and session glue.
+//! - [`number`]: caller-ID text -> canonical [`number::CallerNumber`].
+//! - [`call`]: protocol-neutral call, verdict and action types.
+//! - [`rules`]: list entries, compiled [`rules::Snapshot`], `decide`.
+//! - [`snapshot`]: the one shared snapshot handle.
+//! - [`store`]: Redis and embedded stores, sync into the snapshot.
+//! - [`engine`]: the decision every front end calls.
+//! - [`config`]: typed configuration.
+//! - [`listener`]: generic accept loop.
+//! - [`agi`]: FastAGI front end.
 
 pub mod agi;
+pub mod call;
+pub mod config;
+pub mod engine;
+pub mod listener;
 pub mod number;
+pub mod rules;
+pub mod snapshot;
+pub mod store;

@@ -1,0 +1,127 @@
+//! Protocol-neutral call model: what a front end (AGI, ESL) hands the engine, and what it gets back.
+//! Owns no I/O and no decision logic.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::number::CallerNumber;
+
+/// Which front end delivered a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// Asterisk FastAGI.
+    Agi,
+    /// FreeSWITCH Event Socket.
+    Esl,
+    /// `callguard check` on the command line.
+    Cli,
+}
+
+impl Protocol {
+    /// Lower-case name used in logs and (later) metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Agi => "agi",
+            Protocol::Esl => "esl",
+            Protocol::Cli => "cli",
+        }
+    }
+}
+
+/// Caller-ID presentation as the PBX reports it (Asterisk `agi_callingpres` bits 0x60).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Presentation {
+    /// Number may be shown.
+    #[default]
+    Allowed,
+    /// Caller asked to withhold the number.
+    Restricted,
+    /// Network could not deliver the number.
+    Unavailable,
+}
+
+impl Presentation {
+    /// Decodes Asterisk's numeric presentation value (`AST_PRES_*`).
+    pub fn from_asterisk(value: u32) -> Presentation {
+        match value & 0x60 {
+            0x20 => Presentation::Restricted,
+            0x40 => Presentation::Unavailable,
+            _ => Presentation::Allowed,
+        }
+    }
+}
+
+/// One incoming call, as raw as the PBX delivered it; normalization happens in the engine.
+#[derive(Debug, Clone, Default)]
+pub struct CallEvent {
+    /// Front end that delivered the call (None only in unit tests).
+    pub protocol: Option<Protocol>,
+    /// Caller ID number text exactly as delivered (may be a URI, `unknown`, empty...).
+    pub caller_id: String,
+    /// Caller ID name, if any.
+    pub caller_name: Option<String>,
+    /// Called number (DID) as delivered.
+    pub called: Option<String>,
+    /// Tenant named by the request (`?tenant=` or an argument); used by the rules engine later.
+    pub tenant: Option<String>,
+    /// Presentation flags.
+    pub presentation: Presentation,
+    /// PBX's own call identifier (Asterisk uniqueid, FreeSWITCH UUID) for logs.
+    pub call_id: Option<String>,
+    /// Address of the PBX connection.
+    pub peer: Option<SocketAddr>,
+}
+
+/// What to do with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// Refuse the call.
+    Block,
+    /// Let the dialplan continue.
+    Allow,
+}
+
+impl Verdict {
+    /// `block` or `allow`: the value of `CALLGUARD_VERDICT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Block => "block",
+            Verdict::Allow => "allow",
+        }
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a front end carries out a verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Set the channel variables and let the dialplan continue (it may branch on them).
+    Continue,
+    /// Set the channel variables, then hang up with this Q.850 cause (21 = call rejected).
+    Hangup {
+        /// Q.850 cause code.
+        cause: u8,
+    },
+}
+
+/// The engine's answer for one call.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Block or allow.
+    pub verdict: Verdict,
+    /// What the front end should do.
+    pub action: Action,
+    /// Canonical caller number (`CALLGUARD_NUMBER`).
+    pub number: CallerNumber,
+    /// Human-readable reason (`CALLGUARD_REASON`): the deciding entry's reason, or why nothing matched.
+    pub reason: String,
+    /// Which list decided, if any entry matched.
+    pub matched: Option<crate::rules::ListKind>,
+}

@@ -1,0 +1,383 @@
+//! Typed, closed configuration: TOML file, then `CALLGUARD_*` environment, then flags.
+//! Load -> validate -> immutable [`Config`]. Unknown keys are errors.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::number::{Normalizer, NumberingPlans};
+use crate::store::StoreLocation;
+
+/// Config file read when `--config` is not given (only if it exists).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/callguard/callguard.toml";
+/// Embedded store used when no `store` is configured.
+pub const DEFAULT_STORE: &str = "/var/lib/callguard/lists.toml";
+
+/// Errors while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file or environment could not be read or has unknown/ill-typed keys.
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent.
+    #[error("config: {key}: {message}")]
+    Invalid {
+        /// Dotted key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the lists live: a `redis://` URL, or a path for the embedded store.
+    pub store: String,
+    /// Country whose numbering plan reads numbers without `+` (ISO code, e.g. `RU`, `GB`, `US`).
+    pub default_country: String,
+    /// Extra numbering-plan TOML merged over the built-in table (adds or overrides countries).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub numbering_plans: Option<PathBuf>,
+    /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing filter); `RUST_LOG` wins.
+    pub log_level: String,
+    /// FastAGI server.
+    pub agi: AgiSettings,
+    /// Redis store.
+    pub redis: RedisSettings,
+    /// Embedded store.
+    pub local: LocalSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            store: DEFAULT_STORE.into(),
+            default_country: "RU".into(),
+            numbering_plans: None,
+            log_level: "info".into(),
+            agi: AgiSettings::default(),
+            redis: RedisSettings::default(),
+            local: LocalSettings::default(),
+        }
+    }
+}
+
+/// What the sidecar does on a block verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBlock {
+    /// Set the variables, then hang up with `hangup_cause`.
+    Hangup,
+    /// Only set the variables; the dialplan branches on `CALLGUARD_VERDICT`.
+    Dialplan,
+}
+
+/// `[agi]`: the FastAGI server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgiSettings {
+    /// Listen address.
+    pub listen: String,
+    /// `hangup` (sidecar hangs up blocked calls) or `dialplan` (only sets variables).
+    pub on_block: OnBlock,
+    /// Q.850 cause for the hang-up: 21 call rejected, 17 busy, 1 unallocated number.
+    pub hangup_cause: u8,
+    /// Longest wait for Asterisk's environment block, in ms.
+    pub read_timeout_ms: u64,
+    /// Longest wait for Asterisk's reply to one command, in ms.
+    pub reply_timeout_ms: u64,
+    /// Most simultaneous AGI sessions; more wait in the accept queue.
+    pub max_connections: usize,
+    /// Longest accepted line from Asterisk, in bytes.
+    pub max_line_bytes: usize,
+}
+
+impl Default for AgiSettings {
+    fn default() -> Self {
+        AgiSettings {
+            listen: "127.0.0.1:4573".into(),
+            on_block: OnBlock::Hangup,
+            hangup_cause: 21,
+            read_timeout_ms: 2_000,
+            reply_timeout_ms: 2_000,
+            max_connections: 4_096,
+            max_line_bytes: 8_192,
+        }
+    }
+}
+
+/// `[redis]`: the Redis store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Key prefix: keys are `<prefix>:block:<number>` and `<prefix>:allow:<number>`.
+    pub key_prefix: String,
+    /// Connect timeout, in ms.
+    pub connect_timeout_ms: u64,
+    /// Timeout for one Redis operation, in ms.
+    pub op_timeout_ms: u64,
+    /// Turn on keyspace notifications (`CONFIG SET notify-keyspace-events`) if the server allows.
+    pub configure_notifications: bool,
+    /// Without notifications: full reload interval, in ms (cost grows with list size).
+    pub poll_interval_ms: u64,
+    /// With notifications: safety-net full reload interval, in ms.
+    pub full_resync_interval_ms: u64,
+    /// Longest wait between reconnect attempts, in ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            key_prefix: "callguard".into(),
+            connect_timeout_ms: 1_000,
+            op_timeout_ms: 2_000,
+            configure_notifications: true,
+            poll_interval_ms: 500,
+            full_resync_interval_ms: 30_000,
+            max_backoff_ms: 5_000,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// Per-operation timeout.
+    pub fn op_timeout(&self) -> Duration {
+        Duration::from_millis(self.op_timeout_ms)
+    }
+}
+
+/// `[local]`: the embedded store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalSettings {
+    /// How often the server checks the list file for edits, in ms.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for LocalSettings {
+    fn default() -> Self {
+        LocalSettings {
+            poll_interval_ms: 200,
+        }
+    }
+}
+
+/// Values given as command-line flags; they win over file and environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--store`.
+    pub store: Option<String>,
+    /// `--agi-listen`.
+    pub agi_listen: Option<String>,
+    /// `--country` (where a subcommand takes it).
+    pub default_country: Option<String>,
+}
+
+impl Config {
+    /// Loads `file` (or [`DEFAULT_CONFIG_FILE`] if it exists), then `CALLGUARD_*` variables from
+    /// `env` (nested keys with `__`, e.g. `CALLGUARD_AGI__LISTEN`), then `overrides`; validates.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        match file {
+            Some(path) => {
+                builder = builder.add_source(
+                    config::File::from(path)
+                        .format(config::FileFormat::Toml)
+                        .required(true),
+                );
+            }
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                builder = builder.add_source(
+                    config::File::with_name(DEFAULT_CONFIG_FILE).format(config::FileFormat::Toml),
+                );
+            }
+            None => {}
+        }
+        // CALLGUARD_CONFIG names the file itself; it is not a key.
+        let vars: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("CALLGUARD_") && k != "CALLGUARD_CONFIG")
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("CALLGUARD")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(vars)),
+        );
+        builder = builder
+            .set_override_option("store", overrides.store.clone())?
+            .set_override_option("agi.listen", overrides.agi_listen.clone())?
+            .set_override_option("default_country", overrides.default_country.clone())?;
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML text alone (no environment), validated; used for shipped examples.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.store.trim().is_empty() {
+            return invalid("store", "must not be empty".into());
+        }
+        self.normalizer()?;
+        if let Err(e) = self.agi.listen.parse::<SocketAddr>() {
+            return invalid(
+                "agi.listen",
+                format!("{:?} is not an address:port ({e})", self.agi.listen),
+            );
+        }
+        if !(1..=127).contains(&self.agi.hangup_cause) {
+            return invalid("agi.hangup_cause", "must be a Q.850 cause 1..=127".into());
+        }
+        if self.agi.max_connections == 0 {
+            return invalid("agi.max_connections", "must be at least 1".into());
+        }
+        if self.agi.max_line_bytes < 1024 {
+            return invalid("agi.max_line_bytes", "must be at least 1024".into());
+        }
+        let positive = [
+            ("agi.read_timeout_ms", self.agi.read_timeout_ms),
+            ("agi.reply_timeout_ms", self.agi.reply_timeout_ms),
+            ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
+            ("redis.op_timeout_ms", self.redis.op_timeout_ms),
+            ("redis.poll_interval_ms", self.redis.poll_interval_ms),
+            (
+                "redis.full_resync_interval_ms",
+                self.redis.full_resync_interval_ms,
+            ),
+            ("redis.max_backoff_ms", self.redis.max_backoff_ms),
+            ("local.poll_interval_ms", self.local.poll_interval_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return invalid(key, "must be greater than 0".into());
+            }
+        }
+        if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(char::is_whitespace) {
+            return invalid(
+                "redis.key_prefix",
+                "must be non-empty, without spaces".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The normalizer for `default_country` with the built-in plans plus `numbering_plans`.
+    pub fn normalizer(&self) -> Result<Normalizer, ConfigError> {
+        let plans = match &self.numbering_plans {
+            None => NumberingPlans::builtin().clone(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                    key: "numbering_plans",
+                    message: format!("{}: {e}", path.display()),
+                })?;
+                let extra = NumberingPlans::from_toml(&text).map_err(|e| ConfigError::Invalid {
+                    key: "numbering_plans",
+                    message: format!("{}: {e}", path.display()),
+                })?;
+                NumberingPlans::builtin().merged_with(extra)
+            }
+        };
+        Normalizer::new(&plans, &self.default_country).map_err(|e| ConfigError::Invalid {
+            key: "default_country",
+            message: e.to_string(),
+        })
+    }
+
+    /// The configured store location.
+    pub fn store_location(&self) -> StoreLocation {
+        StoreLocation::parse(&self.store)
+    }
+
+    /// The effective config as TOML (for `serve --print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../deploy/callguard.toml");
+        let config = Config::from_toml(text).expect("deploy/callguard.toml must parse");
+        assert_eq!(config.agi.listen, "127.0.0.1:4573");
+    }
+
+    #[test]
+    fn layering_file_env_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "store = \"/tmp/a.toml\"\n[agi]\nhangup_cause = 17\nlisten = \"127.0.0.1:1\"\n",
+        )
+        .expect("write");
+        let env = vec![
+            ("CALLGUARD_AGI__LISTEN".to_owned(), "127.0.0.1:2".to_owned()),
+            ("CALLGUARD_CONFIG".to_owned(), "ignored".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let config = Config::load(Some(&path), env.clone(), &Overrides::default()).expect("load");
+        assert_eq!(config.agi.listen, "127.0.0.1:2");
+        assert_eq!(config.agi.hangup_cause, 17);
+        assert_eq!(config.store, "/tmp/a.toml");
+        let flags = Overrides {
+            agi_listen: Some("127.0.0.1:3".into()),
+            store: Some("redis://127.0.0.1:7777/0".into()),
+            default_country: None,
+        };
+        let config = Config::load(Some(&path), env, &flags).expect("load");
+        assert_eq!(config.agi.listen, "127.0.0.1:3");
+        assert_eq!(config.store, "redis://127.0.0.1:7777/0");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Config::from_toml("stor = \"x\"\n").is_err());
+        assert!(Config::from_toml("[agi]\nlisten = \"nowhere\"\n").is_err());
+        assert!(Config::from_toml("default_country = \"ZZ\"\n").is_err());
+        assert!(Config::from_toml("[agi]\nhangup_cause = 0\n").is_err());
+        let env = vec![("CALLGUARD_NOPE".to_owned(), "1".to_owned())];
+        assert!(Config::load(None, env, &Overrides::default()).is_err());
+        assert!(Config::load(None, no_env(), &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn print_config_roundtrips() {
+        let config = Config::default();
+        let again = Config::from_toml(&config.to_toml()).expect("printed config parses");
+        assert_eq!(again.agi.listen, config.agi.listen);
+    }
+}

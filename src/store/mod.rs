@@ -1,0 +1,215 @@
+//! Where the lists live: the [`Store`] (Redis or the embedded local file), its record format,
+//! and the sync that turns store contents into published snapshots.
+//! Decisions never call into this module; they read the snapshot it publishes.
+
+pub mod local;
+pub mod redis;
+pub mod sync;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::number::{CallerNumber, Normalizer};
+use crate::rules::{Entry, ListKind};
+
+pub use self::local::LocalStore;
+pub use self::redis::RedisStore;
+
+/// Errors from reading or writing a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Redis refused, failed or timed out.
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    /// A Redis operation took longer than the configured budget.
+    #[error("redis: no answer within {0:?}")]
+    Timeout(Duration),
+    /// The local list file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// File involved.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The local list file is not valid.
+    #[error("{path}: {message}")]
+    BadFile {
+        /// File involved.
+        path: PathBuf,
+        /// What is wrong, with position where known.
+        message: String,
+    },
+}
+
+/// Where the lists are kept, parsed from `--store` / `store =`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A Redis server URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`).
+    Redis(String),
+    /// The embedded store: a TOML file a person can read and edit.
+    Local(PathBuf),
+}
+
+impl StoreLocation {
+    /// A `redis`-scheme URL selects Redis; anything else is a path for the embedded store.
+    pub fn parse(text: &str) -> StoreLocation {
+        const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if REDIS_SCHEMES.iter().any(|s| text.starts_with(s)) {
+            StoreLocation::Redis(text.to_owned())
+        } else {
+            StoreLocation::Local(PathBuf::from(text))
+        }
+    }
+}
+
+/// An open store.
+#[derive(Clone)]
+pub enum Store {
+    /// Shared Redis.
+    Redis(Box<RedisStore>),
+    /// Embedded local file.
+    Local(LocalStore),
+}
+
+impl Store {
+    /// Opens (and for Redis, connects to) the store at `location`.
+    pub async fn open(
+        location: &StoreLocation,
+        settings: &crate::config::RedisSettings,
+        normalizer: Normalizer,
+    ) -> Result<Store, StoreError> {
+        Ok(match location {
+            StoreLocation::Redis(url) => Store::Redis(Box::new(
+                RedisStore::connect(url, settings, normalizer).await?,
+            )),
+            StoreLocation::Local(path) => Store::Local(LocalStore::open(path, normalizer)?),
+        })
+    }
+
+    /// Adds or replaces entries (one per number; earlier spellings of the same number are replaced).
+    pub async fn put(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => s.put(entries).await,
+            Store::Local(s) => s.put(entries).await,
+        }
+    }
+
+    /// Removes every spelling of each number from `list`; returns how many numbers were present.
+    pub async fn remove(
+        &self,
+        list: ListKind,
+        numbers: &[CallerNumber],
+    ) -> Result<usize, StoreError> {
+        match self {
+            Store::Redis(s) => s.remove(list, numbers).await,
+            Store::Local(s) => s.remove(list, numbers).await,
+        }
+    }
+
+    /// Reads every entry, normalized; unexpired and expired alike (decisions filter by time).
+    pub async fn load(&self) -> Result<Vec<Entry>, StoreError> {
+        match self {
+            Store::Redis(s) => s.load().await,
+            Store::Local(s) => s.load().await,
+        }
+    }
+}
+
+/// Bookkeeping stored with an entry (Redis value JSON; the local file's fields).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EntryMeta {
+    /// Free-text reason.
+    #[serde(default)]
+    pub reason: String,
+    /// Who added it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_by: Option<String>,
+    /// RFC 3339 time it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_at: Option<String>,
+}
+
+impl EntryMeta {
+    /// The bookkeeping part of an entry.
+    pub fn of(entry: &Entry) -> EntryMeta {
+        EntryMeta {
+            reason: entry.reason.clone(),
+            added_by: entry.added_by.clone(),
+            added_at: entry.added_at.map(format_time),
+        }
+    }
+}
+
+/// Builds an entry from stored parts; `number_text` may be in any format.
+pub fn entry_from_parts(
+    normalizer: &Normalizer,
+    list: ListKind,
+    number_text: &str,
+    meta: EntryMeta,
+    expires_at: Option<SystemTime>,
+) -> Entry {
+    Entry {
+        list,
+        number: normalizer.normalize(number_text),
+        reason: meta.reason,
+        added_by: meta.added_by,
+        // A hand-typed timestamp that does not parse is bookkeeping only: drop it, keep the entry.
+        added_at: meta.added_at.as_deref().and_then(parse_time),
+        expires_at,
+    }
+}
+
+/// RFC 3339, second precision, UTC.
+pub fn format_time(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Parses RFC 3339 (as written by [`format_time`], or by hand).
+pub fn parse_time(text: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(text.trim()).ok()
+}
+
+/// `user@host` of whoever runs the CLI, for `added_by`.
+pub fn current_actor() -> String {
+    let user = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    if host.is_empty() {
+        user
+    } else {
+        format!("{user}@{host}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn location_parse() {
+        assert_eq!(
+            StoreLocation::parse("redis://127.0.0.1:6380/2"),
+            StoreLocation::Redis("redis://127.0.0.1:6380/2".into())
+        );
+        assert_eq!(
+            StoreLocation::parse("/var/lib/callguard/lists.toml"),
+            StoreLocation::Local("/var/lib/callguard/lists.toml".into())
+        );
+    }
+
+    #[test]
+    fn time_roundtrip() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(parse_time(&format_time(t)), Some(t));
+        assert_eq!(parse_time("yesterday"), None);
+    }
+}

@@ -1,0 +1,411 @@
+//! The Redis store: key layout, value format, reads and writes, change notifications.
+//! Knows nothing of snapshots; [`super::sync`] drives it.
+//!
+//! Layout (prefix `callguard` by default), one key per entry so plain `redis-cli` edits work:
+//! - `callguard:block:<number in any format>` = reason text, or the JSON that callguard writes
+//!   (`{"reason":..,"added_by":..,"added_at":..}`); a TTL (`EX`) is the entry's expiry.
+//! - `callguard:allow:<number in any format>` likewise.
+//! - channel `callguard:changes`: callguard publishes each key it writes, so running servers
+//!   see CLI edits at once even when keyspace notifications are off.
+
+use std::time::{Duration, SystemTime};
+
+use redis::aio::ConnectionManager;
+use redis::{Client, Value};
+use tokio::time::timeout;
+
+use super::{EntryMeta, StoreError, entry_from_parts};
+use crate::config::RedisSettings;
+use crate::number::{CallerNumber, Normalizer};
+use crate::rules::{Entry, ListKind};
+
+/// Keys fetched per pipelined round trip.
+const BATCH: usize = 1000;
+
+/// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection).
+#[derive(Clone)]
+pub struct RedisStore {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    normalizer: Normalizer,
+    op_timeout: Duration,
+}
+
+impl RedisStore {
+    /// Prepares a store for `url`; the connection is made on first use, so a server can start
+    /// while Redis is down and catch up later.
+    pub async fn connect(
+        url: &str,
+        settings: &RedisSettings,
+        normalizer: Normalizer,
+    ) -> Result<RedisStore, StoreError> {
+        let client = Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.connect_timeout()))
+            .set_response_timeout(Some(settings.op_timeout()))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: settings.key_prefix.clone(),
+            normalizer,
+            op_timeout: settings.op_timeout(),
+        })
+    }
+
+    /// Database number selected by the URL (for keyspace channel names).
+    pub fn db(&self) -> i64 {
+        self.client.get_connection_info().redis_settings().db()
+    }
+
+    /// Key for `number_text` on `list`.
+    pub fn key(&self, list: ListKind, number_text: &str) -> String {
+        format!("{}:{}:{}", self.prefix, list.as_str(), number_text)
+    }
+
+    /// Splits a key into its list and number text; `None` for keys that are not entries.
+    pub fn parse_key<'k>(&self, key: &'k str) -> Option<(ListKind, &'k str)> {
+        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
+        ListKind::ALL.into_iter().find_map(|list| {
+            rest.strip_prefix(list.as_str())?
+                .strip_prefix(':')
+                .map(|number| (list, number))
+        })
+    }
+
+    /// Channel on which callguard announces the keys it wrote.
+    pub fn changes_channel(&self) -> String {
+        format!("{}:changes", self.prefix)
+    }
+
+    /// Keyspace-notification pattern covering every entry key.
+    pub fn keyspace_pattern(&self) -> String {
+        format!("__keyspace@{}__:{}:*", self.db(), glob_escape(&self.prefix))
+    }
+
+    /// Extracts the key from a keyspace-notification channel name.
+    pub fn key_from_keyspace_channel<'c>(&self, channel: &'c str) -> Option<&'c str> {
+        channel.split_once("__:").map(|(_, key)| key)
+    }
+
+    /// The client, for opening a pub/sub connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn run<T>(
+        &self,
+        what: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        match timeout(self.op_timeout, what).await {
+            Ok(result) => Ok(result?),
+            Err(_elapsed) => Err(StoreError::Timeout(self.op_timeout)),
+        }
+    }
+
+    /// Adds or replaces entries: every other spelling of the same number on the same list is
+    /// deleted, the canonical key is written with its TTL, and the change is announced.
+    pub async fn put(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        for entry in entries {
+            let canonical = self.key(entry.list, &entry.number.to_string());
+            let stale: Vec<String> = self
+                .spellings(entry.list, &entry.number)
+                .await?
+                .into_iter()
+                .filter(|k| *k != canonical)
+                .collect();
+            let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
+                StoreError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cannot encode entry",
+                    e.to_string(),
+                )))
+            })?;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for key in &stale {
+                pipe.del(key).ignore();
+            }
+            match entry.expires_at {
+                Some(at) => {
+                    // An expiry already in the past still writes a 1 ms key, so the effect is a delete.
+                    let ms = at
+                        .duration_since(now)
+                        .unwrap_or_default()
+                        .as_millis()
+                        .max(1);
+                    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                    pipe.pset_ex(&canonical, &value, ms).ignore();
+                }
+                None => {
+                    pipe.set(&canonical, &value).ignore();
+                }
+            }
+            for key in stale.iter().chain(std::iter::once(&canonical)) {
+                pipe.publish(self.changes_channel(), key).ignore();
+            }
+            let mut conn = self.conn.clone();
+            self.run(pipe.query_async::<()>(&mut conn)).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every spelling of each number from `list`; returns how many numbers had one.
+    pub async fn remove(
+        &self,
+        list: ListKind,
+        numbers: &[CallerNumber],
+    ) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for number in numbers {
+            let mut keys = self.spellings(list, number).await?;
+            let canonical = self.key(list, &number.to_string());
+            if !keys.contains(&canonical) {
+                keys.push(canonical);
+            }
+            let mut pipe = redis::pipe();
+            pipe.del(&keys);
+            for key in &keys {
+                pipe.publish(self.changes_channel(), key).ignore();
+            }
+            let mut conn = self.conn.clone();
+            let (deleted,): (usize,) = self.run(pipe.query_async(&mut conn)).await?;
+            if deleted > 0 {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every key on `list` whose number normalizes to `number`. Uses the number's last digits
+    /// as a server-side MATCH filter (they appear in order in any spelling), then normalizes.
+    async fn spellings(
+        &self,
+        list: ListKind,
+        number: &CallerNumber,
+    ) -> Result<Vec<String>, StoreError> {
+        let digits: Vec<char> = number
+            .to_string()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let tail = &digits[digits.len().saturating_sub(7)..];
+        let mut pattern = format!("{}:{}:*", glob_escape(&self.prefix), list.as_str());
+        for d in tail {
+            pattern.push(*d);
+            pattern.push('*');
+        }
+        let mut out = Vec::new();
+        for key in self.scan(&pattern).await? {
+            if let Some((_, text)) = self.parse_key(&key)
+                && self.normalizer.normalize(text) == *number
+            {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(pattern)
+                        .arg("COUNT")
+                        .arg(BATCH)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Reads every entry.
+    pub async fn load(&self) -> Result<Vec<Entry>, StoreError> {
+        Ok(self
+            .load_keyed()
+            .await?
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect())
+    }
+
+    /// Reads every entry with its key (SCAN, then pipelined GET+PTTL in batches).
+    pub async fn load_keyed(&self) -> Result<Vec<(String, Entry)>, StoreError> {
+        let keys = self
+            .scan(&format!("{}:*", glob_escape(&self.prefix)))
+            .await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(BATCH) {
+            for (key, entry) in self.fetch(batch).await? {
+                if let Some(entry) = entry {
+                    out.push((key, entry));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads the given keys; `None` for keys that are gone, are not entries or hold another type.
+    pub async fn fetch(&self, keys: &[String]) -> Result<Vec<(String, Option<Entry>)>, StoreError> {
+        let wanted: Vec<(&String, ListKind, &str)> = keys
+            .iter()
+            .filter_map(|k| self.parse_key(k).map(|(list, text)| (k, list, text)))
+            .collect();
+        let mut out: Vec<(String, Option<Entry>)> = keys
+            .iter()
+            .filter(|k| self.parse_key(k).is_none())
+            .map(|k| (k.clone(), None))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        let mut pipe = redis::pipe();
+        // A key of another type (someone ran HSET) must not fail the whole batch.
+        pipe.ignore_errors();
+        for (key, _, _) in &wanted {
+            pipe.get(*key).pttl(*key);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<redis::RedisResult<Value>> = self.run(pipe.query_async(&mut conn)).await?;
+        let now = SystemTime::now();
+        for (i, (key, list, text)) in wanted.into_iter().enumerate() {
+            let value = replies.get(2 * i).and_then(|r| r.as_ref().ok());
+            let ttl = replies.get(2 * i + 1).and_then(|r| r.as_ref().ok());
+            let entry = match (value, ttl) {
+                (Some(Value::BulkString(bytes)), Some(Value::Int(ttl_ms))) if *ttl_ms != -2 => {
+                    let expires_at = u64::try_from(*ttl_ms)
+                        .ok()
+                        .map(|ms| now + Duration::from_millis(ms));
+                    let text_value = String::from_utf8_lossy(bytes);
+                    Some(entry_from_parts(
+                        &self.normalizer,
+                        list,
+                        text,
+                        parse_value(&text_value),
+                        expires_at,
+                    ))
+                }
+                _ => None,
+            };
+            out.push((key.clone(), entry));
+        }
+        Ok(out)
+    }
+
+    /// Turns on the keyspace notifications callguard needs (`K$gx`), keeping whatever flags the
+    /// server already has. Returns false when the server does not allow CONFIG (managed Redis,
+    /// ACLs): the caller then falls back to periodic resync.
+    pub async fn enable_keyspace_notifications(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let current: Result<Vec<String>, _> = self
+            .run(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("notify-keyspace-events")
+                    .query_async(&mut conn),
+            )
+            .await;
+        let Ok(current) = current else { return false };
+        let flags = current.get(1).cloned().unwrap_or_default();
+        let merged = merge_notify_flags(&flags);
+        if merged == flags {
+            return true;
+        }
+        self.run(
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("notify-keyspace-events")
+                .arg(&merged)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+        .is_ok()
+    }
+
+    /// Opens a pub/sub connection (bounded by the connect timeout).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        self.run(self.client.get_async_pubsub()).await
+    }
+}
+
+/// A value is callguard's JSON when it parses as such; anything else is the reason text itself.
+fn parse_value(value: &str) -> EntryMeta {
+    if value.starts_with('{')
+        && let Ok(meta) = serde_json::from_str::<EntryMeta>(value)
+    {
+        return meta;
+    }
+    EntryMeta {
+        reason: value.to_owned(),
+        ..EntryMeta::default()
+    }
+}
+
+/// Adds K (keyspace channel), $ (string commands), g (DEL, EXPIRE, RENAME...) and x (expired)
+/// to the server's flags. `A` already covers `$gx`.
+fn merge_notify_flags(current: &str) -> String {
+    let mut flags = current.to_owned();
+    let has_all = current.contains('A');
+    for flag in ['K', '$', 'g', 'x'] {
+        let covered = current.contains(flag) || (has_all && flag != 'K');
+        if !covered {
+            flags.push(flag);
+        }
+    }
+    flags
+}
+
+/// Escapes Redis glob metacharacters so a prefix matches literally.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_flags_merge() {
+        assert_eq!(merge_notify_flags(""), "K$gx");
+        assert_eq!(merge_notify_flags("Ex"), "ExK$g");
+        assert_eq!(merge_notify_flags("AK"), "AK");
+        assert_eq!(merge_notify_flags("KA"), "KA");
+    }
+
+    #[test]
+    fn value_formats() {
+        assert_eq!(parse_value("collectors").reason, "collectors");
+        let meta = parse_value(r#"{"reason":"x","added_by":"root@pbx"}"#);
+        assert_eq!(meta.reason, "x");
+        assert_eq!(meta.added_by.as_deref(), Some("root@pbx"));
+        // Looks like JSON but is not ours: keep it as text.
+        assert_eq!(parse_value("{spam}").reason, "{spam}");
+    }
+
+    #[test]
+    fn glob_escaping() {
+        assert_eq!(glob_escape("cg*[x]"), "cg\\*\\[x\\]");
+    }
+}
