@@ -13,10 +13,12 @@
 
 pub mod agi;
 pub mod call;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod listener;
 pub mod number;
 pub mod rules;
+pub mod server;
 pub mod snapshot;
 pub mod store;

@@ -1,0 +1,123 @@
+//! `callguard serve`: wires config, store sync, engine and the FastAGI listener; drives shutdown.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agi::codec::Limits;
+use crate::agi::session::{self, SessionSettings};
+use crate::call::Action;
+use crate::config::{Config, OnBlock};
+use crate::engine::{BlockPolicy, Engine};
+use crate::snapshot::SnapshotHandle;
+use crate::store::sync::{self, SyncOptions};
+use crate::store::{Store, StoreError, StoreLocation};
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The listen socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs until SIGINT/SIGTERM or `shutdown` is cancelled.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let normalizer = config.normalizer()?;
+    let location = config.store_location();
+    let store = Store::open(&location, &config.redis, normalizer.clone()).await?;
+    let snapshot = SnapshotHandle::new();
+    let options = SyncOptions {
+        poll_interval: Duration::from_millis(match location {
+            StoreLocation::Local(_) => config.local.poll_interval_ms,
+            StoreLocation::Redis(_) => config.redis.poll_interval_ms,
+        }),
+        full_resync_interval: Duration::from_millis(config.redis.full_resync_interval_ms),
+        configure_notifications: config.redis.configure_notifications,
+        max_backoff: Duration::from_millis(config.redis.max_backoff_ms),
+    };
+    let sync_task = tokio::spawn(sync::run(
+        store,
+        snapshot.clone(),
+        options,
+        shutdown.clone(),
+    ));
+
+    let action = match config.agi.on_block {
+        OnBlock::Hangup => Action::Hangup {
+            cause: config.agi.hangup_cause,
+        },
+        OnBlock::Dialplan => Action::Continue,
+    };
+    let engine = Engine::new(snapshot.clone(), normalizer, BlockPolicy { action });
+    let listener = TcpListener::bind(&config.agi.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.agi.listen.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.agi.listen.clone(),
+        source,
+    })?;
+    info!(agi = %local, store = %config.store, "callguard listening");
+
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutting down");
+        signals.cancel();
+    });
+
+    let settings = SessionSettings {
+        read_timeout: Duration::from_millis(config.agi.read_timeout_ms),
+        reply_timeout: Duration::from_millis(config.agi.reply_timeout_ms),
+        limits: Limits {
+            max_line: config.agi.max_line_bytes,
+            ..Limits::default()
+        },
+    };
+    crate::listener::serve(
+        listener,
+        config.agi.max_connections,
+        Duration::from_secs(5),
+        shutdown.clone(),
+        move |stream, peer| session::run(stream, peer, engine.clone(), settings),
+    )
+    .await;
+    if let Err(e) = sync_task.await {
+        warn!(error = %e, "store sync task failed");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ctrl_c = tokio::signal::ctrl_c().await;
+        }
+    }
+}
