@@ -1,1 +1,6 @@
+//! Integration tests: the real `callguard` binary, a real `redis-server`, real TCP, and
+//! FastAGI bytes from Asterisk 22 captures. One test binary (see tests/it/support).
+
+mod agi;
+mod redis_store;
 mod support;

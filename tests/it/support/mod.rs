@@ -1,1 +1,335 @@
-//! test harness
+//! Test harness: a real `redis-server` on a free port, the real `callguard` binary, and an
+//! Asterisk-faithful FastAGI client that replays captured environment blocks.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The built binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_callguard")
+}
+
+/// A fixture file's bytes.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A private redis-server (never 6379), stopped on drop.
+pub struct Redis {
+    child: Option<Child>,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one and waits until it answers PING.
+    pub fn start() -> Redis {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (tests/run.sh installs it)");
+        let redis = Redis {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while redis.cmd(&["PING"]) != "+PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    /// `redis://` URL of db 0.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Sends one command (RESP) and returns the first reply line, or "" when unreachable.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return String::new();
+        };
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        if s.write_all(req.as_bytes()).is_err() {
+            return String::new();
+        }
+        let mut line = String::new();
+        let _read = BufReader::new(s).read_line(&mut line);
+        line.trim_end().to_owned()
+    }
+
+    /// Kills the server (simulates Redis going down).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _killed = c.kill();
+            let _waited = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running `callguard serve`, stopped on drop.
+pub struct Server {
+    child: Child,
+    /// Where it accepts FastAGI.
+    pub agi: SocketAddr,
+    logs: mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Starts `callguard --store STORE serve --agi-listen 127.0.0.1:0` with `extra` env vars
+    /// and waits for its "listening" line and first snapshot.
+    pub fn start(store: &str, extra_env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(bin())
+            .args(["--store", store, "serve", "--agi-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn callguard");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut agi = None;
+        let mut ready = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while agi.is_none() || !ready {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("callguard serve did not start");
+            if let Some(rest) = line.split("agi=").nth(1) {
+                agi = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
+            ready |= line.contains("snapshot published");
+        }
+        Server {
+            child,
+            agi: agi.expect("agi address"),
+            logs: rx,
+        }
+    }
+
+    /// Log lines printed so far.
+    pub fn drain_logs(&self) -> Vec<String> {
+        self.logs.try_iter().collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _killed = self.child.kill();
+        let _waited = self.child.wait();
+    }
+}
+
+/// Runs the CLI against `store`.
+pub fn cli(store: &str, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .expect("run callguard")
+}
+
+/// Runs the CLI and returns stdout, asserting success.
+pub fn cli_ok(store: &str, args: &[&str]) -> String {
+    let out = cli(store, args);
+    assert!(
+        out.status.success(),
+        "callguard {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the sidecar did to one call.
+#[derive(Debug, Default)]
+pub struct AgiOutcome {
+    /// Variables set with SET VARIABLE.
+    pub vars: HashMap<String, String>,
+    /// Argument of `EXEC Hangup`, if the sidecar hung up.
+    pub hangup_cause: Option<String>,
+    /// Every command line received.
+    pub commands: Vec<String>,
+}
+
+impl AgiOutcome {
+    /// `CALLGUARD_VERDICT`.
+    pub fn verdict(&self) -> &str {
+        self.vars
+            .get("CALLGUARD_VERDICT")
+            .map_or("", String::as_str)
+    }
+}
+
+/// The environment block of a captured call, with `agi_callerid` replaced.
+pub fn env_block(fixture_name: &str, caller_id: &str) -> Vec<u8> {
+    let raw = fixture(&format!("asterisk/{fixture_name}"));
+    let end = raw
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .expect("fixture has an env block")
+        + 2;
+    let text = String::from_utf8_lossy(&raw[..end]);
+    let mut out = String::new();
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("agi_callerid: ") {
+            out.push_str(&format!("agi_callerid: {caller_id}\n"));
+        } else {
+            out.push_str(line);
+        }
+    }
+    out.into_bytes()
+}
+
+/// Plays Asterisk for one call: sends the env block (in two segments, as Asterisk does),
+/// answers each command as Asterisk 22 does, sends the unsolicited HANGUP after a hang-up.
+pub fn agi_call(addr: SocketAddr, caller_id: &str) -> AgiOutcome {
+    let env = env_block("env_sip_84951234567.rx.raw", caller_id);
+    let mut s = TcpStream::connect(addr).expect("connect to callguard");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mid = env.len() / 2;
+    s.write_all(&env[..mid]).expect("write env");
+    s.write_all(&env[mid..]).expect("write env");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut outcome = AgiOutcome::default();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("callguard did not finish the session: {e}"),
+        }
+        let line = line.trim_end_matches('\n').to_owned();
+        outcome.commands.push(line.clone());
+        let words = asterisk_args(&line);
+        let reply: &[u8] = match words.first().map(String::as_str) {
+            Some("SET") if words.len() == 4 => {
+                outcome.vars.insert(words[2].clone(), words[3].clone());
+                b"200 result=1\n"
+            }
+            Some("EXEC") if words.get(1).map(String::as_str) == Some("Hangup") => {
+                outcome.hangup_cause = words.get(2).cloned();
+                b"200 result=-1\nHANGUP\n"
+            }
+            _ => b"510 Invalid or unknown command\n",
+        };
+        if s.write_all(reply).is_err() {
+            break;
+        }
+    }
+    outcome
+}
+
+/// Splits a command line as Asterisk's parse_args does: spaces separate, `"` quotes,
+/// `\` escapes the next character.
+pub fn asterisk_args(line: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut escaped, mut any) = (false, false, false);
+    for c in line.chars() {
+        if escaped {
+            cur.push(c);
+            escaped = false;
+            any = true;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+            any = true;
+        } else if (c == ' ' || c == '\t') && !quoted {
+            if any {
+                args.push(std::mem::take(&mut cur));
+                any = false;
+            }
+        } else {
+            cur.push(c);
+            any = true;
+        }
+    }
+    if any {
+        args.push(cur);
+    }
+    args
+}
+
+/// Retries `f` until it returns true or `limit` passes; returns the time it took.
+pub fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temp dir with a list-file path inside.
+pub fn temp_store() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lists.toml");
+    (dir, path)
+}
+
+/// Sends raw bytes and returns everything the server sent back before closing.
+pub fn raw_session(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _written = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _read = s.read_to_end(&mut out);
+    out
+}

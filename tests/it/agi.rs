@@ -1,0 +1,138 @@
+//! FastAGI end to end with the embedded store.
+
+use std::time::Duration;
+
+use crate::support::{Server, agi_call, cli_ok, raw_session, temp_store, within};
+
+#[test]
+fn block_in_one_format_refuses_every_delivered_format() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    cli_ok(
+        store,
+        &[
+            "block",
+            "8 (495) 123-45-67",
+            "--reason",
+            "collectors \"Vostok\"",
+        ],
+    );
+    let server = Server::start(store, &[]);
+    for delivered in [
+        "+7 (495) 123-45-67",
+        "84951234567",
+        "74951234567",
+        "4951234567",
+    ] {
+        let call = agi_call(server.agi, delivered);
+        assert_eq!(call.verdict(), "block", "{delivered}: {call:?}");
+        assert_eq!(call.vars["CALLGUARD_NUMBER"], "+74951234567");
+        assert_eq!(call.vars["CALLGUARD_REASON"], "collectors \"Vostok\"");
+        assert_eq!(call.hangup_cause.as_deref(), Some("21"), "{call:?}");
+    }
+    let other = agi_call(server.agi, "84957654321");
+    assert_eq!(other.verdict(), "allow");
+    assert_eq!(other.vars["CALLGUARD_REASON"], "no match");
+    assert_eq!(other.hangup_cause, None);
+}
+
+#[test]
+fn allow_list_wins_and_edits_reach_a_running_server() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let server = Server::start(store, &[]);
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "allow");
+
+    cli_ok(store, &["block", "+74951234567"]);
+    let took = within(Duration::from_secs(1), || {
+        agi_call(server.agi, "84951234567").verdict() == "block"
+    });
+    assert!(took.is_some(), "block did not reach the server within 1 s");
+
+    cli_ok(store, &["allow", "4951234567", "--reason", "our lawyer"]);
+    let took = within(Duration::from_secs(1), || {
+        agi_call(server.agi, "+7 495 123 45 67").verdict() == "allow"
+    });
+    assert!(took.is_some(), "allow did not win within 1 s");
+    assert_eq!(
+        agi_call(server.agi, "84951234567").vars["CALLGUARD_REASON"],
+        "our lawyer"
+    );
+
+    let check = cli_ok(store, &["check", "84951234567"]);
+    assert!(
+        check.starts_with("allow +74951234567 allow entry: \"our lawyer\""),
+        "{check}"
+    );
+    assert!(check.contains("overrides block entry"), "{check}");
+}
+
+#[test]
+fn dialplan_mode_sets_variables_without_hanging_up() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    cli_ok(store, &["block", "+74951234567"]);
+    let server = Server::start(store, &[("CALLGUARD_AGI__ON_BLOCK", "dialplan")]);
+    let call = agi_call(server.agi, "84951234567");
+    assert_eq!(call.verdict(), "block");
+    assert_eq!(call.hangup_cause, None, "{call:?}");
+}
+
+#[test]
+fn reason_text_cannot_inject_agi_commands() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    cli_ok(
+        store,
+        &[
+            "block",
+            "+74951234567",
+            "--reason",
+            "x\"\nEXEC Dial PJSIP/evil\n\\",
+        ],
+    );
+    let server = Server::start(store, &[]);
+    let call = agi_call(server.agi, "84951234567");
+    assert_eq!(call.verdict(), "block");
+    assert_eq!(
+        call.commands.len(),
+        4,
+        "one line per command: {:?}",
+        call.commands
+    );
+    assert!(
+        call.commands
+            .iter()
+            .all(|c| c.starts_with("SET VARIABLE ") || c.starts_with("EXEC Hangup "))
+    );
+}
+
+#[test]
+fn malformed_and_silent_peers_are_dropped_and_service_continues() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let server = Server::start(store, &[("CALLGUARD_AGI__READ_TIMEOUT_MS", "300")]);
+    // Not AGI at all.
+    assert!(raw_session(server.agi, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_empty());
+    // A line far over the cap, never ended.
+    assert!(raw_session(server.agi, &vec![b'a'; 100_000]).is_empty());
+    // Half an env block, then silence: dropped after the read timeout.
+    let started = std::time::Instant::now();
+    assert!(raw_session(server.agi, b"agi_network: yes\nagi_callerid: 1").is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The server still decides.
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "allow");
+}
+
+#[test]
+fn anonymous_caller_gets_anonymous_number() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    cli_ok(store, &["block", "anonymous", "--reason", "withheld"]);
+    let server = Server::start(store, &[]);
+    for delivered in ["unknown", "anonymous", "Restricted"] {
+        let call = agi_call(server.agi, delivered);
+        assert_eq!(call.vars["CALLGUARD_NUMBER"], "anonymous");
+        assert_eq!(call.verdict(), "block", "{delivered}");
+    }
+}

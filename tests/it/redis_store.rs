@@ -1,0 +1,155 @@
+//! The Redis store end to end: CLI and plain redis-cli edits, TTL, Redis going away.
+
+use std::time::Duration;
+
+use crate::support::{Redis, Server, agi_call, cli, cli_ok, within};
+
+#[test]
+fn cli_block_and_redis_cli_edit_in_a_third_format() {
+    let redis = Redis::start();
+    let url = redis.url();
+    cli_ok(
+        &url,
+        &["block", "+7 (495) 123-45-67", "--reason", "collectors"],
+    );
+    assert!(
+        redis
+            .cmd(&["EXISTS", "callguard:block:+74951234567"])
+            .ends_with('1')
+    );
+    let server = Server::start(&url, &[]);
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
+
+    // A plain redis-cli edit, number typed in yet another format.
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:8 (812) 333-22-11", "spam"]),
+        "+OK"
+    );
+    let took = within(Duration::from_secs(1), || {
+        agi_call(server.agi, "+78123332211").verdict() == "block"
+    });
+    assert!(took.is_some(), "redis-cli SET not seen within 1 s");
+    assert_eq!(
+        agi_call(server.agi, "78123332211").vars["CALLGUARD_REASON"],
+        "spam"
+    );
+
+    // DEL through redis-cli, and unblock through the CLI (finds the odd spelling).
+    assert!(
+        redis
+            .cmd(&["DEL", "callguard:block:8 (812) 333-22-11"])
+            .ends_with('1')
+    );
+    assert!(
+        within(Duration::from_secs(1), || agi_call(
+            server.agi,
+            "+78123332211"
+        )
+        .verdict()
+            == "allow")
+        .is_some()
+    );
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:7-495-123-45-67", "dup"]),
+        "+OK"
+    );
+    let out = cli_ok(&url, &["unblock", "84951234567"]);
+    assert!(out.contains("removed"), "{out}");
+    assert_eq!(redis.cmd(&["DBSIZE"]), ":0");
+    assert!(
+        within(Duration::from_secs(1), || agi_call(
+            server.agi,
+            "84951234567"
+        )
+        .verdict()
+            == "allow")
+        .is_some()
+    );
+}
+
+#[test]
+fn edits_propagate_without_keyspace_notifications() {
+    let redis = Redis::start();
+    let url = redis.url();
+    // The server may not change the Redis config (managed Redis): it falls back to polling.
+    let server = Server::start(
+        &url,
+        &[("CALLGUARD_REDIS__CONFIGURE_NOTIFICATIONS", "false")],
+    );
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:+44 20 8123 4567", "uk spam"]),
+        "+OK"
+    );
+    let took = within(Duration::from_secs(1), || {
+        agi_call(server.agi, "+442081234567").verdict() == "block"
+    });
+    assert!(
+        took.is_some(),
+        "polling resync did not pick up the edit within 1 s"
+    );
+}
+
+#[test]
+fn ttl_expiry_and_allow_override() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let server = Server::start(&url, &[]);
+    cli_ok(&url, &["block", "84951234567", "--ttl", "1s"]);
+    assert!(
+        within(Duration::from_secs(1), || agi_call(
+            server.agi,
+            "84951234567"
+        )
+        .verdict()
+            == "block")
+        .is_some()
+    );
+    assert!(
+        within(Duration::from_secs(3), || agi_call(
+            server.agi,
+            "84951234567"
+        )
+        .verdict()
+            == "allow")
+        .is_some(),
+        "entry did not expire"
+    );
+    cli_ok(&url, &["block", "84951234567"]);
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:allow:+7 495 123-45-67", "vip"]),
+        "+OK"
+    );
+    assert!(
+        within(Duration::from_secs(1), || agi_call(
+            server.agi,
+            "84951234567"
+        )
+        .verdict()
+            == "allow")
+        .is_some()
+    );
+    let list = cli_ok(&url, &["list", "--json"]);
+    assert!(
+        list.contains("\"list\": \"allow\"") && list.contains("\"list\": \"block\""),
+        "{list}"
+    );
+}
+
+#[test]
+fn redis_down_decisions_continue_from_last_snapshot() {
+    let mut redis = Redis::start();
+    let url = redis.url();
+    cli_ok(&url, &["block", "84951234567"]);
+    let server = Server::start(&url, &[]);
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
+    redis.kill();
+    for _ in 0..5 {
+        assert_eq!(agi_call(server.agi, "+74951234567").verdict(), "block");
+        assert_eq!(agi_call(server.agi, "+74950000000").verdict(), "allow");
+    }
+    // The CLI reports the outage clearly instead of hanging.
+    let out = cli(&url, &["block", "1234567890"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("redis"));
+    let _ = server.drain_logs();
+}
