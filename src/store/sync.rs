@@ -40,17 +40,17 @@ pub async fn run(
     }
 }
 
-/// Builds and publishes a snapshot; returns its version.
+/// Builds and publishes a snapshot, bumping `version`.
 fn publish(handle: &SnapshotHandle, version: &mut u64, entries: impl IntoIterator<Item = Entry>) {
     *version += 1;
     let snapshot = Snapshot::compile(entries, *version);
-    info!(
-        version = *version,
-        block = snapshot.len(crate::rules::ListKind::Block),
-        allow = snapshot.len(crate::rules::ListKind::Allow),
-        "snapshot published"
+    let (block, allow) = (
+        snapshot.len(crate::rules::ListKind::Block),
+        snapshot.len(crate::rules::ListKind::Allow),
     );
+    // Log only after the swap: "published" must mean decisions already see it.
     handle.publish(snapshot);
+    info!(version = *version, block, allow, "snapshot published");
 }
 
 async fn run_local(
