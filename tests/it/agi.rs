@@ -136,3 +136,56 @@ fn anonymous_caller_gets_anonymous_number() {
         assert_eq!(call.verdict(), "block", "{delivered}");
     }
 }
+
+/// Plays Asterisk for a caller who hangs up while callguard thinks: the unsolicited `HANGUP`
+/// line arrives before any reply, then every command gets `dead_reply`.
+fn call_with_early_hangup(addr: std::net::SocketAddr, dead_reply: &[u8]) -> Vec<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut env = crate::support::env_block("env_sip_84951234567.rx.raw", "84951234567");
+    env.extend_from_slice(b"HANGUP\n");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(&env).expect("write");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut commands = Vec::new();
+    loop {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("session did not end: {e}"),
+        }
+        commands.push(line.trim_end().to_owned());
+        if s.write_all(dead_reply).is_err() {
+            break;
+        }
+    }
+    commands
+}
+
+#[test]
+fn caller_hangup_mid_session_sets_variables_but_does_not_hang_up_again() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    cli_ok(store, &["block", "84951234567"]);
+    let server = Server::start(store, &[]);
+    // Dead channel: SET VARIABLE still works (Asterisk allows it), so the h extension sees it.
+    let commands = call_with_early_hangup(server.agi, b"200 result=1\n");
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    assert!(
+        commands[0].starts_with("SET VARIABLE CALLGUARD_VERDICT"),
+        "{commands:?}"
+    );
+    assert!(
+        commands.iter().all(|c| !c.starts_with("EXEC")),
+        "{commands:?}"
+    );
+    // 511 (dead channel) stops the session at once.
+    let commands = call_with_early_hangup(
+        server.agi,
+        b"511 Command Not Permitted on a dead channel or intercept routine\n",
+    );
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
+}
