@@ -147,8 +147,21 @@ impl Normalizer {
                 return make(rest.into());
             }
         }
-        let plus = trimmed.starts_with('+');
-        let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+        let number_part = number_part(trimmed);
+        let plus = number_part.trim_start().starts_with('+');
+        let digits: String = number_part.chars().filter(char::is_ascii_digit).collect();
+        let user = number_part.trim().to_ascii_lowercase();
+        if [
+            "anonymous",
+            "unknown",
+            "private",
+            "restricted",
+            "unavailable",
+        ]
+        .contains(&user.as_str())
+        {
+            return CallerNumber::Anonymous;
+        }
         let e164 = match (plus, digits.len(), digits.as_bytes().first()) {
             (true, _, _) => Some(digits.clone()),
             (false, 11, Some(b'7' | b'8')) => Some(format!("7{}", &digits[1..])),
@@ -162,6 +175,41 @@ impl Normalizer {
             None => CallerNumber::Invalid(digits.into()),
         }
     }
+}
+
+/// The number inside a From header / SIP or tel URI, without display name, host, parameters
+/// or a trailing extension (`доб. 45`, `ext 12`, `x12`, `#12`).
+fn number_part(text: &str) -> String {
+    let mut s = text;
+    if let (Some(open), Some(close)) = (s.rfind('<'), s.rfind('>'))
+        && open < close
+    {
+        s = &s[open + 1..close];
+    }
+    let lower = s.to_ascii_lowercase();
+    for scheme in ["sips:", "sip:", "tel:"] {
+        if lower.starts_with(scheme) {
+            s = &s[scheme.len()..];
+            break;
+        }
+    }
+    let s = s.split(['@', ';']).next().unwrap_or("");
+    let decoded = s
+        .replace("%2B", "+")
+        .replace("%2b", "+")
+        .replace("%20", " ");
+    let lower = decoded.to_lowercase();
+    let mut cut = decoded.len();
+    for marker in ["доб", "ext", "x", "#"] {
+        if let Some(at) = lower.find(marker)
+            && lower[..at].chars().any(|c| c.is_ascii_digit())
+            && at < cut
+            && decoded.is_char_boundary(at)
+        {
+            cut = at;
+        }
+    }
+    decoded[..cut].to_owned()
 }
 
 #[cfg(test)]
@@ -184,5 +232,19 @@ mod tests {
         assert_eq!(n.normalize("101").to_string(), "local:101");
         assert_eq!(n.normalize("local:101").to_string(), "local:101");
         assert!(Normalizer::new(NumberingPlans::builtin(), "ZZ").is_err());
+        for text in [
+            "sip:+74951234567@203.0.113.5:5060;user=phone",
+            "\"Office\" <sip:84951234567@pbx.example.org>;tag=1",
+            "tel:+7-495-123-45-67;ext=12",
+            "8 (495) 123-45-67 доб. 45",
+            "+7 495 123 45 67 ext 12",
+            "sip:%2B74951234567@h",
+        ] {
+            assert_eq!(n.normalize(text).to_string(), "+74951234567", "{text}");
+        }
+        assert_eq!(
+            n.normalize("sip:anonymous@anonymous.invalid"),
+            CallerNumber::Anonymous
+        );
     }
 }

@@ -23,6 +23,8 @@ fn block_in_one_format_refuses_every_delivered_format() {
         "84951234567",
         "74951234567",
         "4951234567",
+        "sip:+74951234567@203.0.113.5;user=phone",
+        "8 (495) 123-45-67 доб. 45",
     ] {
         let call = agi_call(server.agi, delivered);
         assert_eq!(call.verdict(), "block", "{delivered}: {call:?}");
