@@ -148,8 +148,16 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
         Command::Normalize { numbers, .. } => {
             let normalizer = config.normalizer()?;
             if numbers.is_empty() {
-                for line in std::io::stdin().lock().lines() {
-                    writeln!(out, "{}", normalizer.normalize(&line?))?;
+                // Bytes, not `lines()`: one line of bad UTF-8 (an exported CSV in cp1251)
+                // must print a result for that line, not abort the whole run.
+                let mut stdin = std::io::stdin().lock();
+                let mut line = Vec::new();
+                while stdin.read_until(b'\n', &mut line)? > 0 {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    let text = text.strip_suffix('\r').unwrap_or(text);
+                    writeln!(out, "{}", normalizer.normalize(text))?;
+                    line.clear();
                 }
             } else {
                 for n in &numbers {

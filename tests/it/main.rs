@@ -2,5 +2,6 @@
 //! FastAGI bytes from Asterisk 22 captures. One test binary (see tests/it/support).
 
 mod agi;
+mod cli;
 mod redis_store;
 mod support;
