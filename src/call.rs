@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 use crate::number::CallerNumber;
+use crate::rules::{ListKind, RuleAction, Tenant};
 
 /// Which front end delivered a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,7 +64,7 @@ pub struct CallEvent {
     pub caller_name: Option<String>,
     /// Called number (DID) as delivered.
     pub called: Option<String>,
-    /// Tenant named by the request (`?tenant=` or an argument); used by the rules engine later.
+    /// Tenant named by the request (`?tenant=` or an argument), as sent; checked by the engine.
     pub tenant: Option<String>,
     /// Presentation flags.
     pub presentation: Presentation,
@@ -76,18 +77,21 @@ pub struct CallEvent {
 /// What to do with a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verdict {
-    /// Refuse the call.
+    /// Refuse the call (hang up, busy, play a message, redirect).
     Block,
     /// Let the dialplan continue.
     Allow,
+    /// Let the call continue, marked so the CRM can flag it.
+    Tag,
 }
 
 impl Verdict {
-    /// `block` or `allow`: the value of `CALLGUARD_VERDICT`.
+    /// `block`, `allow` or `tag`: the value of `CALLGUARD_VERDICT`.
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Block => "block",
             Verdict::Allow => "allow",
+            Verdict::Tag => "tag",
         }
     }
 }
@@ -98,30 +102,21 @@ impl fmt::Display for Verdict {
     }
 }
 
-/// How a front end carries out a verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Action {
-    /// Set the channel variables and let the dialplan continue (it may branch on them).
-    Continue,
-    /// Set the channel variables, then hang up with this Q.850 cause (21 = call rejected).
-    Hangup {
-        /// Q.850 cause code.
-        cause: u8,
-    },
-}
-
 /// The engine's answer for one call.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    /// Block or allow.
+    /// Block, allow or tag.
     pub verdict: Verdict,
-    /// What the front end should do.
-    pub action: Action,
+    /// For blocks: what to do (the rule's action or the configured default). `None` otherwise.
+    pub action: Option<RuleAction>,
     /// Canonical caller number (`CALLGUARD_NUMBER`).
     pub number: CallerNumber,
-    /// Human-readable reason (`CALLGUARD_REASON`): the deciding entry's reason, or why nothing matched.
+    /// Human-readable reason (`CALLGUARD_REASON`): the deciding rule's reason, or why nothing matched.
     pub reason: String,
-    /// Which list decided, if any entry matched.
-    pub matched: Option<crate::rules::ListKind>,
+    /// Canonical text of the deciding rule (`CALLGUARD_RULE`), empty when none matched.
+    pub rule: String,
+    /// Which list decided, if a rule matched.
+    pub matched: Option<ListKind>,
+    /// The tenant whose rules applied (from the request or the DID map).
+    pub tenant: Option<Tenant>,
 }

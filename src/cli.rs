@@ -3,23 +3,27 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::call::{CallEvent, Protocol};
 use crate::config::{Config, ConfigError, Overrides};
-use crate::number::CallerNumber;
-use crate::rules::{self, Entry, ListKind, Snapshot};
-use crate::store::{Store, StoreError, current_actor, format_time};
+use crate::engine::{self, EngineSettings};
+use crate::rules::{self, CallFacts, Entry, ListKind, RulePattern, Snapshot, Tenant};
+use crate::store::{
+    EntryMeta, Store, StoreError, current_actor, entry_from_parts, format_time, parse_time,
+};
 
 /// callguard: call screening for Asterisk and FreeSWITCH.
 #[derive(Debug, Parser)]
 #[command(name = "callguard", version, about)]
 pub struct Cli {
     /// Config file (TOML). Default: /etc/callguard/callguard.toml when it exists.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "CALLGUARD_CONFIG")]
     pub config: Option<PathBuf>,
     /// Lists store: a redis:// URL or a path for the embedded store.
     #[arg(long, global = true, value_name = "URL")]
@@ -42,25 +46,25 @@ pub enum Command {
         /// Numbers in any format.
         numbers: Vec<String>,
     },
-    /// Add numbers to the block list.
+    /// Add numbers or rules (masks, prefixes, ranges, `anonymous`, `invalid`) to the block list.
     Block(AddArgs),
-    /// Remove numbers from the block list.
+    /// Remove numbers or rules from the block list.
     Unblock(RemoveArgs),
-    /// Add numbers to the allow list (wins over the block list).
+    /// Add numbers or rules to the allow list.
     Allow(AddArgs),
-    /// Remove numbers from the allow list.
+    /// Remove numbers or rules from the allow list.
     Unallow(RemoveArgs),
-    /// Show both lists.
+    /// Show the rules.
     List {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only this tenant's rules (`global` for the global list).
+        #[arg(long, value_name = "TENANT")]
+        tenant: Option<String>,
     },
-    /// Show the verdict for a number and the entry that decided it.
-    Check {
-        /// Number in any format.
-        number: String,
-    },
+    /// Show the verdict for a call and the rule that decided it.
+    Check(CheckArgs),
 }
 
 /// `serve` flags.
@@ -77,23 +81,62 @@ pub struct ServeArgs {
 /// `block` / `allow` arguments.
 #[derive(Debug, Args)]
 pub struct AddArgs {
-    /// Numbers in any format.
-    #[arg(required = true)]
-    pub numbers: Vec<String>,
-    /// Why (stored with the entry, set as CALLGUARD_REASON).
+    /// Numbers or rules in any format: `8 (495) 123-45-67`, `+7495123*`, `_7495123XXXX`,
+    /// `+74951230000-+74951239999`, `anonymous`, `invalid`.
+    #[arg(required = true, value_name = "RULE")]
+    pub rules: Vec<String>,
+    /// Why (stored with the rule, set as CALLGUARD_REASON).
     #[arg(long, default_value = "")]
     pub reason: String,
     /// Expire after this long (e.g. 90m, 12h, 7d).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub ttl: Option<Duration>,
+    /// Put the rule on this tenant's list instead of the global one.
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// Only for calls to this called number (repeatable).
+    #[arg(long = "did", value_name = "DID")]
+    pub dids: Vec<String>,
+    /// What a block does: `hangup [CAUSE]`, `busy`, `congestion`, `playback SOUND`,
+    /// `redirect CONTEXT,EXTEN,PRIORITY`, `tag` (default: rules.default_action).
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// Apply only in these weekly windows, e.g. "mon-fri 09:00-18:00; sat 10:00-14:00".
+    #[arg(long, value_name = "WINDOWS")]
+    pub schedule: Option<String>,
+    /// Time zone of --schedule (default: rules.time_zone).
+    #[arg(long, value_name = "ZONE", requires = "schedule")]
+    pub time_zone: Option<String>,
 }
 
 /// `unblock` / `unallow` arguments.
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
-    /// Numbers in any format.
-    #[arg(required = true)]
-    pub numbers: Vec<String>,
+    /// Numbers or rules in any format.
+    #[arg(required = true, value_name = "RULE")]
+    pub rules: Vec<String>,
+    /// From this tenant's list instead of the global one.
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+}
+
+/// `check` arguments.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Caller number in any format.
+    pub number: String,
+    /// The call's tenant (default: from the DID map).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// The called number (DID).
+    #[arg(long, value_name = "DID")]
+    pub did: Option<String>,
+    /// Also list every other rule that matched, and why it lost.
+    #[arg(long)]
+    pub explain: bool,
+    /// Decide as of this time (RFC 3339) instead of now, e.g. to test a schedule.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
 }
 
 /// Errors a subcommand reports (one line, exit code 2).
@@ -169,10 +212,19 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
         Command::Allow(args) => add(&config, ListKind::Allow, args, &mut out).await?,
         Command::Unblock(args) => remove(&config, ListKind::Block, args, &mut out).await?,
         Command::Unallow(args) => remove(&config, ListKind::Allow, args, &mut out).await?,
-        Command::List { json } => {
+        Command::List { json, tenant } => {
+            let only: Option<Option<Tenant>> = match tenant.as_deref() {
+                None => None,
+                Some("global") => Some(None),
+                Some(name) => Some(Some(parse_tenant(name)?)),
+            };
             let snapshot = load_snapshot(&config).await?;
             let now = SystemTime::now();
-            let entries = snapshot.live_entries(now);
+            let entries: Vec<&Entry> = snapshot
+                .live_entries(now)
+                .into_iter()
+                .filter(|e| only.as_ref().is_none_or(|t| e.tenant == *t))
+                .collect();
             if json {
                 let rows: Vec<EntryJson> = entries.iter().map(|e| EntryJson::of(e)).collect();
                 serde_json::to_writer_pretty(&mut out, &rows).map_err(std::io::Error::other)?;
@@ -183,26 +235,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
                 }
             }
         }
-        Command::Check { number } => {
-            let normalizer = config.normalizer()?;
-            let canonical = normalizer.normalize(&number);
-            let snapshot = load_snapshot(&config).await?;
-            let outcome = rules::decide(&canonical, &snapshot, SystemTime::now());
-            let verdict = if outcome.is_block() { "block" } else { "allow" };
-            let mut line = format!("{verdict} {canonical}");
-            match outcome.decided_by {
-                Some(e) => line.push_str(&format!(" {} entry: {}", e.list, describe_entry(e))),
-                None => line.push_str(" no matching entry"),
-            }
-            if let Some(lost) = outcome.overridden {
-                line.push_str(&format!(
-                    " (overrides {} entry: {})",
-                    lost.list,
-                    describe_entry(lost)
-                ));
-            }
-            writeln!(out, "{line}")?;
-        }
+        Command::Check(args) => check(&config, args, &mut out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -218,21 +251,28 @@ async fn open_store(config: &Config) -> Result<Store, CliError> {
 
 async fn load_snapshot(config: &Config) -> Result<Snapshot, CliError> {
     let store = open_store(config).await?;
-    Ok(Snapshot::compile(store.load().await?, 0))
+    Ok(Snapshot::compile_in(
+        store.load().await?,
+        0,
+        &config.time_zone()?,
+    ))
 }
 
-fn canonical_numbers(config: &Config, texts: &[String]) -> Result<Vec<CallerNumber>, CliError> {
+fn parse_tenant(name: &str) -> Result<Tenant, CliError> {
+    Tenant::new(name).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+fn parse_rules(config: &Config, texts: &[String]) -> Result<Vec<RulePattern>, CliError> {
     let normalizer = config.normalizer()?;
     texts
         .iter()
         .map(|t| {
             if t.trim().is_empty() {
-                Err(CliError::Usage(
+                return Err(CliError::Usage(
                     "empty number; to block withheld numbers write `anonymous`".into(),
-                ))
-            } else {
-                Ok(normalizer.normalize(t))
+                ));
             }
+            RulePattern::parse(t, &normalizer).map_err(|e| CliError::Usage(e.to_string()))
         })
         .collect()
 }
@@ -243,23 +283,43 @@ async fn add(
     args: AddArgs,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let numbers = canonical_numbers(config, &args.numbers)?;
+    let patterns = parse_rules(config, &args.rules)?;
+    let normalizer = config.normalizer()?;
+    let tenant = args.tenant.as_deref().map(parse_tenant).transpose()?;
     let now = SystemTime::now();
     let actor = current_actor();
-    let entries: Vec<Entry> = numbers
-        .into_iter()
-        .map(|number| Entry {
+    let meta = EntryMeta {
+        reason: args.reason.clone(),
+        added_by: Some(actor),
+        added_at: Some(format_time(now)),
+        action: args.action.clone(),
+        dids: args.dids.clone(),
+        schedule: args.schedule.clone(),
+        time_zone: args.time_zone.clone(),
+    };
+    let mut entries = Vec::with_capacity(patterns.len());
+    for pattern in &patterns {
+        let mut entry = entry_from_parts(
+            &normalizer,
+            tenant.clone(),
             list,
-            number,
-            reason: args.reason.clone(),
-            added_by: Some(actor.clone()),
-            added_at: Some(now),
-            expires_at: args.ttl.map(|ttl| now + ttl),
-        })
-        .collect();
+            &pattern.to_string(),
+            meta.clone(),
+            args.ttl.map(|ttl| now + ttl),
+        )
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        entry.added_at = Some(now);
+        entries.push(entry);
+    }
     open_store(config).await?.put(&entries).await?;
-    for (entry, text) in entries.iter().zip(&args.numbers) {
-        writeln!(out, "{list}ed {} (from {text:?})", entry.number)?;
+    let scope = tenant.map_or_else(String::new, |t| format!(" for tenant {t}"));
+    for (entry, text) in entries.iter().zip(&args.rules) {
+        writeln!(
+            out,
+            "{list}ed {} {}{scope} (from {text:?})",
+            entry.pattern.kind(),
+            entry.pattern
+        )?;
     }
     Ok(())
 }
@@ -270,18 +330,98 @@ async fn remove(
     args: RemoveArgs,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
-    let numbers = canonical_numbers(config, &args.numbers)?;
+    let patterns = parse_rules(config, &args.rules)?;
+    let tenant = args.tenant.as_deref().map(parse_tenant).transpose()?;
     let store = open_store(config).await?;
-    for number in &numbers {
-        let removed = store.remove(list, std::slice::from_ref(number)).await?;
+    let scope = match &tenant {
+        Some(t) => format!("tenant {t}'s"),
+        None => "the".to_owned(),
+    };
+    for pattern in &patterns {
+        let removed = store
+            .remove(tenant.as_ref(), list, std::slice::from_ref(pattern))
+            .await?;
         let what = if removed > 0 {
             "removed from"
         } else {
             "was not on"
         };
-        writeln!(out, "{number} {what} the {list} list")?;
+        writeln!(out, "{pattern} {what} {scope} {list} list")?;
     }
     Ok(())
+}
+
+async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let now = match args.at.as_deref() {
+        None => SystemTime::now(),
+        Some(text) => parse_time(text)
+            .ok_or_else(|| CliError::Usage(format!("--at {text:?} is not an RFC 3339 time")))?,
+    };
+    if let Some(t) = &args.tenant {
+        parse_tenant(t)?;
+    }
+    let normalizer = config.normalizer()?;
+    let store = open_store(config).await?;
+    let snapshot = Snapshot::compile_in(store.load().await?, 0, &config.time_zone()?);
+    let settings = EngineSettings {
+        default_action: config.default_action()?,
+        did_tenants: Arc::new(config.did_tenants()?),
+    };
+    let call = CallEvent {
+        protocol: Some(Protocol::Cli),
+        caller_id: args.number.clone(),
+        called: args.did.clone(),
+        tenant: args.tenant.clone(),
+        ..CallEvent::default()
+    };
+    let decision = engine::decide(&call, &normalizer, &snapshot, &settings, now);
+    let mut line = format!("{} {}", decision.verdict, decision.number);
+    if let Some(t) = &decision.tenant {
+        line.push_str(&format!(" tenant {t}"));
+    }
+    let did = args.did.as_deref().map(|d| normalizer.normalize(d));
+    let facts = CallFacts {
+        number: &decision.number,
+        tenant: decision.tenant.as_ref(),
+        did: did.as_ref(),
+    };
+    let matches = rules::explain(facts, &snapshot, now);
+    match matches.iter().find(|m| m.winner) {
+        Some(m) => {
+            line.push_str(&format!(" by {}", describe_match(m)));
+            if let Some(action) = &decision.action {
+                line.push_str(&format!(" action: {action}"));
+            }
+        }
+        None => line.push_str(" no matching rule"),
+    }
+    writeln!(out, "{line}")?;
+    if args.explain {
+        for m in matches.iter().filter(|m| !m.winner) {
+            let why = if !m.applies {
+                "does not apply now (expired or outside its schedule)"
+            } else {
+                "lost: a more specific scope or rule decided"
+            };
+            writeln!(out, "  also matched: {} - {why}", describe_match(m))?;
+        }
+        if matches.is_empty() {
+            writeln!(out, "  no rule matches {}", decision.number)?;
+        }
+    }
+    Ok(())
+}
+
+fn describe_match(m: &rules::Match<'_>) -> String {
+    let e = m.entry;
+    format!(
+        "{} {} {} [{}] {}",
+        e.list,
+        e.pattern.kind(),
+        e.pattern,
+        m.level.as_str(),
+        describe_entry(e)
+    )
 }
 
 fn describe_entry(e: &Entry) -> String {
@@ -290,6 +430,19 @@ fn describe_entry(e: &Entry) -> String {
     } else {
         format!("{:?}", e.reason)
     };
+    if let Some(action) = &e.action {
+        s.push_str(&format!(" action {action}"));
+    }
+    if !e.dids.is_empty() {
+        let dids: Vec<String> = e.dids.iter().map(ToString::to_string).collect();
+        s.push_str(&format!(" for calls to {}", dids.join(",")));
+    }
+    if let Some(schedule) = &e.schedule {
+        s.push_str(&format!(" during \"{schedule}\""));
+        if let Some(zone) = &e.time_zone {
+            s.push_str(&format!(" {zone}"));
+        }
+    }
     if let Some(by) = &e.added_by {
         s.push_str(&format!(" added by {by}"));
     }
@@ -303,27 +456,36 @@ fn describe_entry(e: &Entry) -> String {
 }
 
 fn describe_row(e: &Entry) -> String {
-    format!("{}\t{}\t{}", e.list, e.number, describe_entry(e))
+    let scope = e.tenant.as_ref().map_or("global", Tenant::as_str);
+    format!(
+        "{}\t{}\t{}\t{}\t{}",
+        scope,
+        e.list,
+        e.pattern.kind(),
+        e.pattern,
+        describe_entry(e)
+    )
 }
 
 #[derive(Serialize)]
 struct EntryJson {
+    tenant: Option<String>,
     list: ListKind,
-    number: String,
-    reason: String,
-    added_by: Option<String>,
-    added_at: Option<String>,
+    kind: &'static str,
+    rule: String,
+    #[serde(flatten)]
+    meta: EntryMeta,
     expires_at: Option<String>,
 }
 
 impl EntryJson {
     fn of(e: &Entry) -> EntryJson {
         EntryJson {
+            tenant: e.tenant.as_ref().map(ToString::to_string),
             list: e.list,
-            number: e.number.to_string(),
-            reason: e.reason.clone(),
-            added_by: e.added_by.clone(),
-            added_at: e.added_at.map(format_time),
+            kind: e.pattern.kind(),
+            rule: e.pattern.to_string(),
+            meta: EntryMeta::of(e),
             expires_at: e.expires_at.map(format_time),
         }
     }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::number::{Normalizer, NumberingPlans};
+use crate::number::{CallerNumber, Normalizer, NumberingPlans};
+use crate::rules::{RuleAction, Tenant, TimeZone};
 use crate::store::StoreLocation;
 
 /// Config file read when `--config` is not given (only if it exists).
@@ -46,6 +47,10 @@ pub struct Config {
     pub numbering_plans: Option<PathBuf>,
     /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing filter); `RUST_LOG` wins.
     pub log_level: String,
+    /// Rule defaults.
+    pub rules: RulesSettings,
+    /// Called numbers (DIDs, any format) -> tenant: calls to them use that tenant's rules.
+    pub dids: std::collections::BTreeMap<String, String>,
     /// FastAGI server.
     pub agi: AgiSettings,
     /// Redis store.
@@ -61,9 +66,32 @@ impl Default for Config {
             default_country: "RU".into(),
             numbering_plans: None,
             log_level: "info".into(),
+            rules: RulesSettings::default(),
+            dids: std::collections::BTreeMap::new(),
             agi: AgiSettings::default(),
             redis: RedisSettings::default(),
             local: LocalSettings::default(),
+        }
+    }
+}
+
+/// `[rules]`: defaults for rules that do not say.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesSettings {
+    /// Action of block rules without their own: `hangup [CAUSE]`, `busy`, `congestion`,
+    /// `playback SOUND`, `redirect CONTEXT,EXTEN,PRIORITY` or `tag`.
+    pub default_action: String,
+    /// Time zone of rule schedules that name none: an IANA name, `UTC`, an offset, or `local`
+    /// (the machine's zone).
+    pub time_zone: String,
+}
+
+impl Default for RulesSettings {
+    fn default() -> Self {
+        RulesSettings {
+            default_action: "hangup 21".into(),
+            time_zone: "local".into(),
         }
     }
 }
@@ -72,7 +100,7 @@ impl Default for Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnBlock {
-    /// Set the variables, then hang up with `hangup_cause`.
+    /// Set the variables, then carry out the rule's action (hang up, busy, redirect...).
     Hangup,
     /// Only set the variables; the dialplan branches on `CALLGUARD_VERDICT`.
     Dialplan,
@@ -84,10 +112,8 @@ pub enum OnBlock {
 pub struct AgiSettings {
     /// Listen address.
     pub listen: String,
-    /// `hangup` (sidecar hangs up blocked calls) or `dialplan` (only sets variables).
+    /// `hangup` (sidecar carries out the rule's action) or `dialplan` (only sets variables).
     pub on_block: OnBlock,
-    /// Q.850 cause for the hang-up: 21 call rejected, 17 busy, 1 unallocated number.
-    pub hangup_cause: u8,
     /// Longest wait for Asterisk's environment block, in ms.
     pub read_timeout_ms: u64,
     /// Longest wait for Asterisk's reply to one command, in ms.
@@ -103,7 +129,6 @@ impl Default for AgiSettings {
         AgiSettings {
             listen: "127.0.0.1:4573".into(),
             on_block: OnBlock::Hangup,
-            hangup_cause: 21,
             read_timeout_ms: 2_000,
             reply_timeout_ms: 2_000,
             max_connections: 4_096,
@@ -251,9 +276,9 @@ impl Config {
                 format!("{:?} is not an address:port ({e})", self.agi.listen),
             );
         }
-        if !(1..=127).contains(&self.agi.hangup_cause) {
-            return invalid("agi.hangup_cause", "must be a Q.850 cause 1..=127".into());
-        }
+        self.default_action()?;
+        self.time_zone()?;
+        self.did_tenants()?;
         if self.agi.max_connections == 0 {
             return invalid("agi.max_connections", "must be at least 1".into());
         }
@@ -309,6 +334,52 @@ impl Config {
         })
     }
 
+    /// `rules.default_action`, parsed.
+    pub fn default_action(&self) -> Result<RuleAction, ConfigError> {
+        self.rules
+            .default_action
+            .parse()
+            .map_err(
+                |e: crate::rules::action::ActionError| ConfigError::Invalid {
+                    key: "rules.default_action",
+                    message: e.to_string(),
+                },
+            )
+    }
+
+    /// `rules.time_zone`, resolved (`local` = the machine's zone).
+    pub fn time_zone(&self) -> Result<TimeZone, ConfigError> {
+        TimeZone::parse(&self.rules.time_zone).map_err(|e| ConfigError::Invalid {
+            key: "rules.time_zone",
+            message: e.to_string(),
+        })
+    }
+
+    /// `[dids]` with canonical numbers and checked tenant names.
+    pub fn did_tenants(&self) -> Result<HashMap<CallerNumber, Tenant>, ConfigError> {
+        let normalizer = self.normalizer()?;
+        let mut out = HashMap::new();
+        for (did, tenant) in &self.dids {
+            let invalid = |message: String| ConfigError::Invalid {
+                key: "dids",
+                message,
+            };
+            let number = match normalizer.normalize(did) {
+                n @ (CallerNumber::E164(_) | CallerNumber::Local(_)) => n,
+                other => return Err(invalid(format!("{did:?} is not a number ({other})"))),
+            };
+            let tenant = Tenant::new(tenant).map_err(|e| invalid(e.to_string()))?;
+            if let Some(previous) = out.insert(number.clone(), tenant.clone())
+                && previous != tenant
+            {
+                return Err(invalid(format!(
+                    "{number} is mapped to both {previous} and {tenant}"
+                )));
+            }
+        }
+        Ok(out)
+    }
+
     /// The configured store location.
     pub fn store_location(&self) -> StoreLocation {
         StoreLocation::parse(&self.store)
@@ -341,7 +412,7 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(
             &path,
-            "store = \"/tmp/a.toml\"\n[agi]\nhangup_cause = 17\nlisten = \"127.0.0.1:1\"\n",
+            "store = \"/tmp/a.toml\"\n[rules]\ndefault_action = \"busy\"\n[agi]\nlisten = \"127.0.0.1:1\"\n",
         )
         .expect("write");
         let env = vec![
@@ -351,7 +422,7 @@ mod tests {
         ];
         let config = Config::load(Some(&path), env.clone(), &Overrides::default()).expect("load");
         assert_eq!(config.agi.listen, "127.0.0.1:2");
-        assert_eq!(config.agi.hangup_cause, 17);
+        assert_eq!(config.default_action().ok(), Some(RuleAction::Busy));
         assert_eq!(config.store, "/tmp/a.toml");
         let flags = Overrides {
             agi_listen: Some("127.0.0.1:3".into()),
@@ -368,10 +439,35 @@ mod tests {
         assert!(Config::from_toml("stor = \"x\"\n").is_err());
         assert!(Config::from_toml("[agi]\nlisten = \"nowhere\"\n").is_err());
         assert!(Config::from_toml("default_country = \"ZZ\"\n").is_err());
-        assert!(Config::from_toml("[agi]\nhangup_cause = 0\n").is_err());
+        assert!(Config::from_toml("[agi]\nhangup_cause = 21\n").is_err());
+        assert!(Config::from_toml("[rules]\ndefault_action = \"hangup 0\"\n").is_err());
+        assert!(Config::from_toml("[rules]\ntime_zone = \"Mars/Olympus\"\n").is_err());
+        assert!(Config::from_toml("[dids]\n\"+74951112233\" = \"a b\"\n").is_err());
+        assert!(
+            Config::from_toml("[dids]\n\"+74951112233\" = \"a\"\n\"84951112233\" = \"b\"\n")
+                .is_err()
+        );
         let env = vec![("CALLGUARD_NOPE".to_owned(), "1".to_owned())];
         assert!(Config::load(None, env, &Overrides::default()).is_err());
         assert!(Config::load(None, no_env(), &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn did_map_normalizes_numbers() {
+        let config = Config::from_toml(
+            "[dids]\n\"+74951112233\" = \"Acme\"\n\"8 (495) 111-22-44\" = \"globex\"\n",
+        )
+        .expect("dids parse");
+        let map = config.did_tenants().expect("map");
+        let n = config.normalizer().expect("normalizer");
+        assert_eq!(
+            map.get(&n.normalize("84951112233")).map(Tenant::as_str),
+            Some("acme")
+        );
+        assert_eq!(
+            map.get(&n.normalize("+74951112244")).map(Tenant::as_str),
+            Some("globex")
+        );
     }
 
     #[test]

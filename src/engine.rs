@@ -1,20 +1,24 @@
 //! The decision shared by every protocol front end: normalize -> snapshot -> rules -> verdict.
 //! Synchronous and pure given (call, snapshot, now); never waits on the network.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info};
 
-use crate::call::{Action, CallEvent, Decision, Verdict};
-use crate::number::Normalizer;
-use crate::rules::{self, ListKind, Snapshot};
+use crate::call::{CallEvent, Decision, Verdict};
+use crate::number::{CallerNumber, Normalizer};
+use crate::rules::{self, CallFacts, ListKind, RuleAction, Snapshot, Tenant};
 use crate::snapshot::SnapshotHandle;
 
-/// What a blocked call gets; from config.
-#[derive(Debug, Clone, Copy)]
-pub struct BlockPolicy {
-    /// Action for block verdicts.
-    pub action: Action,
+/// Decision settings from config.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    /// Action of block rules that have none of their own.
+    pub default_action: RuleAction,
+    /// Called number -> tenant, for calls whose request names no tenant.
+    pub did_tenants: Arc<HashMap<CallerNumber, Tenant>>,
 }
 
 /// Decides calls against the current snapshot. Cheap to clone.
@@ -22,20 +26,29 @@ pub struct BlockPolicy {
 pub struct Engine {
     snapshot: SnapshotHandle,
     normalizer: Normalizer,
-    policy: BlockPolicy,
+    settings: Arc<EngineSettings>,
 }
 
 impl Engine {
     /// An engine reading `snapshot`.
-    pub fn new(snapshot: SnapshotHandle, normalizer: Normalizer, policy: BlockPolicy) -> Engine {
+    pub fn new(
+        snapshot: SnapshotHandle,
+        normalizer: Normalizer,
+        settings: EngineSettings,
+    ) -> Engine {
         Engine {
             snapshot,
             normalizer,
-            policy,
+            settings: Arc::new(settings),
         }
     }
 
-    /// Decides one call now, and logs it (debug for every call, info for blocks).
+    /// The normalizer decisions use.
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    /// Decides one call now, and logs it (debug for every call, info for blocks and tags).
     pub fn decide(&self, call: &CallEvent) -> Decision {
         let started = Instant::now();
         let snapshot = self.snapshot.load();
@@ -43,35 +56,56 @@ impl Engine {
             call,
             &self.normalizer,
             &snapshot,
-            self.policy,
+            &self.settings,
             SystemTime::now(),
         );
         let micros = started.elapsed().as_micros();
         let protocol = call.protocol.map_or("-", |p| p.as_str());
-        if decision.verdict == Verdict::Block {
-            info!(
-                protocol,
-                caller = %decision.number,
-                raw = %call.caller_id,
-                called = call.called.as_deref().unwrap_or("-"),
-                call_id = call.call_id.as_deref().unwrap_or("-"),
-                reason = %decision.reason,
-                micros,
-                "call blocked"
-            );
-        } else {
+        let tenant = decision.tenant.as_ref().map_or("-", Tenant::as_str);
+        if decision.verdict == Verdict::Allow {
             debug!(
                 protocol,
                 caller = %decision.number,
                 raw = %call.caller_id,
                 called = call.called.as_deref().unwrap_or("-"),
+                tenant,
+                rule = %decision.rule,
                 reason = %decision.reason,
                 micros,
                 "call allowed"
             );
+        } else {
+            info!(
+                protocol,
+                verdict = %decision.verdict,
+                caller = %decision.number,
+                raw = %call.caller_id,
+                called = call.called.as_deref().unwrap_or("-"),
+                tenant,
+                call_id = call.call_id.as_deref().unwrap_or("-"),
+                rule = %decision.rule,
+                action = %decision.action.as_ref().map(ToString::to_string).unwrap_or_default(),
+                reason = %decision.reason,
+                micros,
+                "call {}",
+                if decision.verdict == Verdict::Block { "blocked" } else { "tagged" }
+            );
         }
         decision
     }
+}
+
+/// The tenant whose rules apply: the one the request names (when it is a valid name), else
+/// the one the called number maps to.
+pub fn call_tenant(
+    call: &CallEvent,
+    did: Option<&CallerNumber>,
+    settings: &EngineSettings,
+) -> Option<Tenant> {
+    call.tenant
+        .as_deref()
+        .and_then(|t| Tenant::new(t).ok())
+        .or_else(|| did.and_then(|d| settings.did_tenants.get(d).cloned()))
 }
 
 /// The decision as a pure function of its inputs.
@@ -79,15 +113,32 @@ pub fn decide(
     call: &CallEvent,
     normalizer: &Normalizer,
     snapshot: &Snapshot,
-    policy: BlockPolicy,
+    settings: &EngineSettings,
     now: SystemTime,
 ) -> Decision {
     let number = normalizer.normalize(&call.caller_id);
-    let outcome = rules::decide(&number, snapshot, now);
-    let (verdict, action) = if outcome.is_block() {
-        (Verdict::Block, policy.action)
-    } else {
-        (Verdict::Allow, Action::Continue)
+    let did = call.called.as_deref().map(|d| normalizer.normalize(d));
+    let tenant = call_tenant(call, did.as_ref(), settings);
+    let facts = CallFacts {
+        number: &number,
+        tenant: tenant.as_ref(),
+        did: did.as_ref(),
+    };
+    let outcome = rules::decide(facts, snapshot, now);
+    let (verdict, action) = match outcome.decided_by {
+        Some(rule) if rule.list == ListKind::Block => {
+            let action = rule
+                .action
+                .clone()
+                .unwrap_or_else(|| settings.default_action.clone());
+            let verdict = if action == RuleAction::Tag {
+                Verdict::Tag
+            } else {
+                Verdict::Block
+            };
+            (verdict, Some(action))
+        }
+        _ => (Verdict::Allow, None),
     };
     let reason = match outcome.decided_by {
         Some(entry) if !entry.reason.is_empty() => entry.reason.clone(),
@@ -99,7 +150,12 @@ pub fn decide(
         action,
         number,
         reason,
+        rule: outcome
+            .decided_by
+            .map(|e| e.pattern.to_string())
+            .unwrap_or_default(),
         matched: outcome.decided_by.map(|e| e.list),
+        tenant,
     }
 }
 
@@ -113,42 +169,135 @@ impl Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::Entry;
+    use crate::rules::{Entry, RulePattern};
+
+    fn snapshot(rules: &[(&str, Option<&str>, Option<&str>)]) -> Snapshot {
+        let n = Normalizer::default();
+        Snapshot::compile(
+            rules.iter().map(|(pattern, tenant, action)| {
+                let mut e = Entry::new(
+                    ListKind::Block,
+                    RulePattern::parse(pattern, &n).expect("pattern"),
+                );
+                e.tenant = tenant.map(|t| Tenant::new(t).expect("tenant"));
+                e.action = action.map(|a| a.parse().expect("action"));
+                e.reason = format!("r {pattern}");
+                e
+            }),
+            1,
+        )
+    }
+
+    fn call(caller: &str, called: Option<&str>, tenant: Option<&str>) -> CallEvent {
+        CallEvent {
+            caller_id: caller.into(),
+            called: called.map(Into::into),
+            tenant: tenant.map(Into::into),
+            ..CallEvent::default()
+        }
+    }
 
     #[test]
-    fn block_gets_policy_action_and_reason() {
-        let normalizer = Normalizer::default();
-        let snapshot = Snapshot::compile(
-            [Entry {
-                list: ListKind::Block,
-                number: normalizer.normalize("+74951234567"),
-                reason: "collectors".into(),
-                added_by: None,
-                added_at: None,
-                expires_at: None,
-            }],
-            1,
+    fn block_gets_rule_or_default_action_and_reason() {
+        let n = Normalizer::default();
+        let snap = snapshot(&[
+            ("+74951234567", None, None),
+            ("+7495999XXXX", None, Some("hangup 1")),
+            ("+7812*", None, Some("tag")),
+        ]);
+        let settings = EngineSettings::default();
+        let d = decide(
+            &call("8 (495) 123-45-67", None, None),
+            &n,
+            &snap,
+            &settings,
+            SystemTime::now(),
         );
-        let policy = BlockPolicy {
-            action: Action::Hangup { cause: 21 },
-        };
-        let call = CallEvent {
-            caller_id: "8 (495) 123-45-67".into(),
-            ..CallEvent::default()
-        };
-        let d = decide(&call, &normalizer, &snapshot, policy, SystemTime::now());
         assert_eq!(d.verdict, Verdict::Block);
-        assert_eq!(d.action, Action::Hangup { cause: 21 });
-        assert_eq!(d.reason, "collectors");
+        assert_eq!(d.action, Some(RuleAction::Hangup { cause: 21 }));
+        assert_eq!(d.reason, "r +74951234567");
+        assert_eq!(d.rule, "+74951234567");
         assert_eq!(d.number.to_string(), "+74951234567");
 
-        let call = CallEvent {
-            caller_id: "+74950000000".into(),
-            ..CallEvent::default()
-        };
-        let d = decide(&call, &normalizer, &snapshot, policy, SystemTime::now());
+        let d = decide(
+            &call("84959991111", None, None),
+            &n,
+            &snap,
+            &settings,
+            SystemTime::now(),
+        );
+        assert_eq!(d.action, Some(RuleAction::Hangup { cause: 1 }));
+        assert_eq!(d.rule, "+7495999XXXX");
+
+        let d = decide(
+            &call("88121112233", None, None),
+            &n,
+            &snap,
+            &settings,
+            SystemTime::now(),
+        );
+        assert_eq!(d.verdict, Verdict::Tag);
+
+        let d = decide(
+            &call("+74950000000", None, None),
+            &n,
+            &snap,
+            &settings,
+            SystemTime::now(),
+        );
         assert_eq!(d.verdict, Verdict::Allow);
-        assert_eq!(d.action, Action::Continue);
+        assert_eq!(d.action, None);
         assert_eq!(d.reason, "no match");
+        assert_eq!(d.rule, "");
+    }
+
+    #[test]
+    fn tenant_from_request_or_did_map() {
+        let n = Normalizer::default();
+        let snap = snapshot(&[("+74951234567", Some("acme"), None)]);
+        let mut dids = HashMap::new();
+        dids.insert(
+            n.normalize("+74951112233"),
+            Tenant::new("acme").expect("tenant"),
+        );
+        let settings = EngineSettings {
+            did_tenants: Arc::new(dids),
+            ..EngineSettings::default()
+        };
+        let now = SystemTime::now();
+        let by_request = decide(
+            &call("84951234567", None, Some("ACME")),
+            &n,
+            &snap,
+            &settings,
+            now,
+        );
+        assert_eq!(by_request.verdict, Verdict::Block);
+        assert_eq!(by_request.tenant.as_ref().map(Tenant::as_str), Some("acme"));
+        let by_did = decide(
+            &call("84951234567", Some("8 495 111 22 33"), None),
+            &n,
+            &snap,
+            &settings,
+            now,
+        );
+        assert_eq!(by_did.verdict, Verdict::Block);
+        let other_did = decide(
+            &call("84951234567", Some("84951119999"), None),
+            &n,
+            &snap,
+            &settings,
+            now,
+        );
+        assert_eq!(other_did.verdict, Verdict::Allow);
+        // A request naming another tenant wins over the DID map.
+        let other = decide(
+            &call("84951234567", Some("84951112233"), Some("globex")),
+            &n,
+            &snap,
+            &settings,
+            now,
+        );
+        assert_eq!(other.verdict, Verdict::Allow);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`snapshot`]: the one shared snapshot handle.
 //! - [`store`]: Redis and embedded stores, sync into the snapshot.
 //! - [`engine`]: the decision every front end calls.
+//! - [`lastcall`]: last caller per extension, for the "block the last caller" feature code.
 //! - [`config`]: typed configuration.
 //! - [`listener`]: generic accept loop.
 //! - [`agi`]: FastAGI front end.
@@ -16,6 +17,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod lastcall;
 pub mod listener;
 pub mod number;
 pub mod rules;

@@ -1,5 +1,6 @@
 //! `callguard serve`: wires config, store sync, engine and the FastAGI listener; drives shutdown.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -7,10 +8,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agi::codec::Limits;
-use crate::agi::session::{self, SessionSettings};
-use crate::call::Action;
+use crate::agi::session::{self, AgiContext, SessionSettings};
 use crate::config::{Config, OnBlock};
-use crate::engine::{BlockPolicy, Engine};
+use crate::engine::{Engine, EngineSettings};
+use crate::lastcall::LastCallers;
 use crate::snapshot::SnapshotHandle;
 use crate::store::sync::{self, SyncOptions};
 use crate::store::{Store, StoreError, StoreLocation};
@@ -50,21 +51,28 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         full_resync_interval: Duration::from_millis(config.redis.full_resync_interval_ms),
         configure_notifications: config.redis.configure_notifications,
         max_backoff: Duration::from_millis(config.redis.max_backoff_ms),
+        time_zone: config.time_zone()?,
     };
     let sync_task = tokio::spawn(sync::run(
-        store,
+        store.clone(),
         snapshot.clone(),
         options,
         shutdown.clone(),
     ));
 
-    let action = match config.agi.on_block {
-        OnBlock::Hangup => Action::Hangup {
-            cause: config.agi.hangup_cause,
+    let engine = Engine::new(
+        snapshot.clone(),
+        normalizer,
+        EngineSettings {
+            default_action: config.default_action()?,
+            did_tenants: Arc::new(config.did_tenants()?),
         },
-        OnBlock::Dialplan => Action::Continue,
+    );
+    let context = AgiContext {
+        engine,
+        last_callers: LastCallers::default(),
+        store,
     };
-    let engine = Engine::new(snapshot.clone(), normalizer, BlockPolicy { action });
     let listener = TcpListener::bind(&config.agi.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -91,13 +99,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             max_line: config.agi.max_line_bytes,
             ..Limits::default()
         },
+        act_on_block: config.agi.on_block == OnBlock::Hangup,
     };
     crate::listener::serve(
         listener,
         config.agi.max_connections,
         Duration::from_secs(5),
         shutdown.clone(),
-        move |stream, peer| session::run(stream, peer, engine.clone(), settings),
+        move |stream, peer| session::run(stream, peer, context.clone(), settings),
     )
     .await;
     if let Err(e) = sync_task.await {

@@ -267,6 +267,33 @@ pub fn encode_exec(out: &mut Vec<u8>, app: &str, args: &str) {
     out.push(b'\n');
 }
 
+/// Which part of the dialplan location `SET CONTEXT/EXTENSION/PRIORITY` changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// `SET CONTEXT`.
+    Context,
+    /// `SET EXTENSION`.
+    Extension,
+    /// `SET PRIORITY` (a number or a label, looked up in the new context and extension).
+    Priority,
+}
+
+/// Append `SET CONTEXT|EXTENSION|PRIORITY "<value>"\n`: where the dialplan continues once
+/// the AGI session ends (res_agi sets the channel's location; `SET PRIORITY` goes through
+/// `ast_explicit_goto`, so the next priority run is exactly the one named). Send context,
+/// extension, priority in that order: a priority label is resolved against the first two.
+pub fn encode_set_location(out: &mut Vec<u8>, what: Location, value: &str) {
+    let start = out.len();
+    out.extend_from_slice(match what {
+        Location::Context => b"SET CONTEXT ".as_slice(),
+        Location::Extension => b"SET EXTENSION ",
+        Location::Priority => b"SET PRIORITY ",
+    });
+    let budget = value_budget(out.len() - start, b"\n".len());
+    push_quoted(out, value, budget);
+    out.push(b'\n');
+}
+
 /// Append `HANGUP\n` (hang up the current channel).
 pub fn encode_hangup(out: &mut Vec<u8>) {
     out.extend_from_slice(b"HANGUP\n");

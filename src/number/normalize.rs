@@ -125,6 +125,46 @@ impl Normalizer {
     }
 }
 
+impl Normalizer {
+    /// The E.164 digits (no `+`) that every number written as `digits...` begins with once
+    /// normalized, for open-ended patterns such as `8 (495) 123*` whose length is unknown.
+    /// Without `+`, the readings are tried from the most explicit: an international prefix, a
+    /// trunk prefix (the spelling whose remainder can start a national number), the default
+    /// country's own calling code, and last a national number. `None` when `digits` is empty,
+    /// starts with 0 after `+`, or is too long.
+    pub(crate) fn canonical_prefix(&self, plus: bool, digits: &[u8]) -> Option<Vec<u8>> {
+        let ok = |d: Vec<u8>| {
+            (!d.is_empty() && d[0] != b'0' && d.len() <= crate::number::plans::E164_MAX_DIGITS)
+                .then_some(d)
+        };
+        if plus {
+            return ok(digits.to_vec());
+        }
+        let plan = &self.tables().plans[self.default];
+        let code = plan.code.digits();
+        if let Some(rest) = plan
+            .international_prefixes
+            .iter()
+            .filter_map(|p| digits.strip_prefix(&**p))
+            .find(|rest| !rest.is_empty())
+        {
+            return ok(rest.to_vec());
+        }
+        if let Some(rest) = plan
+            .trunk_prefixes
+            .iter()
+            .filter_map(|t| digits.strip_prefix(&**t))
+            .find(|rest| !rest.is_empty() && plan.may_start(rest))
+        {
+            return ok([code, rest].concat());
+        }
+        if digits.starts_with(code) {
+            return ok(digits.to_vec());
+        }
+        ok([code, digits].concat())
+    }
+}
+
 /// Recognizes the `Display` forms of `local:` and `invalid:` results, so that normalizing them
 /// again returns them unchanged. (`+...` and `anonymous` go through the ordinary path.)
 fn canonical_form(text: &str) -> Option<CallerNumber> {

@@ -105,6 +105,12 @@ impl Plan {
             && self.lengths & (1 << nsn.len()) != 0
             && (self.leading.is_empty() || self.leading.iter().any(|p| p.matches(nsn)))
     }
+
+    /// Whether some national number of this plan could start with `nsn_start` (ASCII digits);
+    /// used for open-ended patterns, whose length is unknown.
+    pub(crate) fn may_start(&self, nsn_start: &[u8]) -> bool {
+        self.leading.is_empty() || self.leading.iter().any(|p| p.agrees_with(nsn_start))
+    }
 }
 
 /// A leading-digits pattern: one bit set per allowed digit, per position.
@@ -167,6 +173,14 @@ impl Pattern {
             return Err(format!("pattern {text:?} must cover 1 to 15 digits"));
         }
         Ok(Pattern(masks.into()))
+    }
+
+    /// True when `start` and the pattern agree on every position both have.
+    fn agrees_with(&self, start: &[u8]) -> bool {
+        self.0
+            .iter()
+            .zip(start)
+            .all(|(mask, &d)| d.is_ascii_digit() && mask & (1 << (d - b'0')) != 0)
     }
 
     fn matches(&self, nsn: &[u8]) -> bool {

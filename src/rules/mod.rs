@@ -1,8 +1,15 @@
-//! List entries and the compiled rule set: entries -> [`Snapshot`] (compile) and
-//! (number, snapshot, now) -> [`Outcome`] (decide). Pure: no I/O, no clock of its own.
+//! Rules and the compiled rule set: entries -> [`Snapshot`] (compile) and
+//! (call facts, snapshot, now) -> [`Outcome`] (decide, explain). Pure: no I/O, no clock of its own.
 //!
-//! Today a rule is an exact canonical number on the block or allow list; masks, ranges and
-//! scopes grow here (issue 2/8) behind the same `compile`/`decide` pair.
+//! Precedence, the same everywhere (README "Precedence"): the most specific scope that has a
+//! matching rule decides (tenant + DID, tenant, global + DID, global); inside it the rule that
+//! matches the fewest numbers wins (exact < mask/range < prefix); when two are equally
+//! specific, allow beats block; remaining ties go to the smaller canonical text.
+
+pub mod action;
+pub mod matcher;
+pub mod pattern;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,6 +19,11 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::number::CallerNumber;
+
+pub use self::action::RuleAction;
+pub use self::matcher::Matcher;
+pub use self::pattern::{PatternError, RulePattern};
+pub use self::schedule::{Schedule, TimeZone};
 
 /// Which list an entry belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -42,16 +54,63 @@ impl fmt::Display for ListKind {
     }
 }
 
-/// One list entry, canonical, with its bookkeeping.
+/// A tenant: one customer of a hosted PBX, with its own rules. 1-64 characters of
+/// `[a-z0-9_.-]`, case-folded, so it is safe in store keys, logs and channel variables.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Tenant(Box<str>);
+
+/// A tenant name that is empty, too long or has other characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: a tenant name is 1-64 letters, digits, '_', '.' or '-'")]
+pub struct TenantError(pub String);
+
+impl Tenant {
+    /// Checks and case-folds a tenant name.
+    pub fn new(name: &str) -> Result<Tenant, TenantError> {
+        let name = name.trim();
+        let ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        if ok {
+            Ok(Tenant(name.to_ascii_lowercase().into()))
+        } else {
+            Err(TenantError(name.to_owned()))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One rule, canonical, with its bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Block or allow list.
     pub list: ListKind,
-    /// Canonical number the entry matches.
-    pub number: CallerNumber,
+    /// The tenant whose list it is on; `None` = the global list.
+    pub tenant: Option<Tenant>,
+    /// What it matches.
+    pub pattern: RulePattern,
+    /// Only for calls to these called numbers (DIDs); empty = every call.
+    pub dids: Vec<CallerNumber>,
+    /// What a block does; `None` = the configured default. Allow entries have none.
+    pub action: Option<RuleAction>,
+    /// Weekly windows in which the rule applies; `None` = always.
+    pub schedule: Option<Schedule>,
+    /// Time zone of `schedule` (IANA name or offset); `None` = `rules.time_zone` from config.
+    pub time_zone: Option<String>,
     /// Why it is on the list (free text, may be empty).
     pub reason: String,
-    /// Who added it (`user@host` for the CLI), if known.
+    /// Who added it (`user@host` for the CLI, `detector` for flood bans), if known.
     pub added_by: Option<String>,
     /// When it was added, if known.
     pub added_at: Option<SystemTime>,
@@ -60,13 +119,50 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// True while the entry applies at `now`.
+    /// A global, permanent, always-on entry with no bookkeeping.
+    pub fn new(list: ListKind, pattern: RulePattern) -> Entry {
+        Entry {
+            list,
+            tenant: None,
+            pattern,
+            dids: Vec::new(),
+            action: None,
+            schedule: None,
+            time_zone: None,
+            reason: String::new(),
+            added_by: None,
+            added_at: None,
+            expires_at: None,
+        }
+    }
+
+    /// True while the entry has not expired at `now` (schedules aside).
     pub fn is_live(&self, now: SystemTime) -> bool {
         self.expires_at.is_none_or(|at| now < at)
     }
 
-    /// Of two entries for the same number and list, the one that applies longer wins the merge,
-    /// so a short-lived duplicate can never cut a permanent entry's life short.
+    /// What identifies a rule in a store: one per tenant, list and canonical pattern.
+    pub fn key(&self) -> (Option<&Tenant>, ListKind, &RulePattern) {
+        (self.tenant.as_ref(), self.list, &self.pattern)
+    }
+
+    /// Equal in everything but the expiry time (which a reload re-derives from a TTL).
+    pub fn same_except_expiry(&self, other: &Entry) -> bool {
+        self.list == other.list
+            && self.tenant == other.tenant
+            && self.pattern == other.pattern
+            && self.dids == other.dids
+            && self.action == other.action
+            && self.schedule == other.schedule
+            && self.time_zone == other.time_zone
+            && self.reason == other.reason
+            && self.added_by == other.added_by
+            && self.added_at == other.added_at
+            && self.expires_at.is_some() == other.expires_at.is_some()
+    }
+
+    /// Of two entries for the same key, the one that applies longer wins the merge, so a
+    /// short-lived duplicate can never cut a permanent entry's life short.
     fn outlives(&self, other: &Entry) -> bool {
         match (self.expires_at, other.expires_at) {
             (None, Some(_)) => true,
@@ -76,33 +172,183 @@ impl Entry {
     }
 }
 
+/// How specific the scope of a matching rule is; the first level with a match decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScopeLevel {
+    /// The call's tenant, limited to the call's DID.
+    TenantDid,
+    /// The call's tenant.
+    Tenant,
+    /// The global list, limited to the call's DID.
+    GlobalDid,
+    /// The global list.
+    Global,
+}
+
+impl ScopeLevel {
+    /// `tenant+did`, `tenant`, `global+did`, `global`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeLevel::TenantDid => "tenant+did",
+            ScopeLevel::Tenant => "tenant",
+            ScopeLevel::GlobalDid => "global+did",
+            ScopeLevel::Global => "global",
+        }
+    }
+}
+
+/// What the rules look at in a call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallFacts<'a> {
+    /// Canonical caller number.
+    pub number: &'a CallerNumber,
+    /// The call's tenant, if any.
+    pub tenant: Option<&'a Tenant>,
+    /// Canonical called number (DID), if known.
+    pub did: Option<&'a CallerNumber>,
+}
+
+impl<'a> CallFacts<'a> {
+    /// A call with no tenant and no DID.
+    pub fn number(number: &'a CallerNumber) -> CallFacts<'a> {
+        CallFacts {
+            number,
+            tenant: None,
+            did: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ScopeKey {
+    tenant: Option<Tenant>,
+    did: Option<CallerNumber>,
+}
+
+/// The rules of one scope, indexed: exact numbers by hash, masks and ranges in one digit
+/// automaton. Ids are positions in `Snapshot::rules`, which is in precedence order.
+#[derive(Debug, Default)]
+struct ScopeIndex {
+    exact: HashMap<CallerNumber, Vec<u32>>,
+    masks: Matcher,
+    invalid: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    entry: Arc<Entry>,
+    /// Resolved zone of the entry's schedule (unused without one).
+    zone: Option<TimeZone>,
+}
+
 /// Everything a decision reads, compiled from the store's entries; immutable once built.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    block: HashMap<CallerNumber, Arc<Entry>>,
-    allow: HashMap<CallerNumber, Arc<Entry>>,
+    rules: Vec<CompiledRule>,
+    scopes: HashMap<ScopeKey, ScopeIndex>,
+    counts: [usize; 2],
     version: u64,
 }
 
 impl Snapshot {
-    /// Compiles entries into a snapshot. Duplicates (one number written in several formats)
-    /// merge into the entry that lives longest.
+    /// Compiles entries with schedules read in UTC; see [`Snapshot::compile_in`].
     pub fn compile(entries: impl IntoIterator<Item = Entry>, version: u64) -> Snapshot {
+        Snapshot::compile_in(entries, version, &TimeZone::utc())
+    }
+
+    /// Compiles entries into a snapshot. Duplicates (one rule written in several formats)
+    /// merge into the entry that lives longest. `zone` reads schedules of entries without one.
+    pub fn compile_in(
+        entries: impl IntoIterator<Item = Entry>,
+        version: u64,
+        zone: &TimeZone,
+    ) -> Snapshot {
+        let mut unique: HashMap<(Option<Tenant>, ListKind, RulePattern), Entry> = HashMap::new();
+        for entry in entries {
+            let key = (entry.tenant.clone(), entry.list, entry.pattern.clone());
+            match unique.get(&key) {
+                Some(existing) if !entry.outlives(existing) => {}
+                _ => {
+                    unique.insert(key, entry);
+                }
+            }
+        }
+        let mut ranked: Vec<(u128, u8, String, Entry)> = unique
+            .into_values()
+            .map(|e| {
+                let list_rank = match e.list {
+                    ListKind::Allow => 0,
+                    ListKind::Block => 1,
+                };
+                // Exact rules of one scope never tie (different numbers never meet in one
+                // call), so only the few wider rules pay for a text tie-break.
+                let tie = match e.pattern {
+                    RulePattern::Exact(_) => String::new(),
+                    ref p => p.to_string(),
+                };
+                (e.pattern.breadth(), list_rank, tie, e)
+            })
+            .collect();
+        ranked.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+
+        let mut zones: HashMap<String, TimeZone> = HashMap::new();
         let mut snapshot = Snapshot {
             version,
             ..Snapshot::default()
         };
-        for entry in entries {
-            let map = match entry.list {
-                ListKind::Block => &mut snapshot.block,
-                ListKind::Allow => &mut snapshot.allow,
+        let mut masks: HashMap<ScopeKey, Vec<(matcher::DigitPattern, u32)>> = HashMap::new();
+        for (id, (_, _, _, entry)) in ranked.into_iter().enumerate() {
+            let Ok(id) = u32::try_from(id) else { break };
+            snapshot.counts[entry.list as usize] += 1;
+            let scope_keys: Vec<ScopeKey> = if entry.dids.is_empty() {
+                vec![ScopeKey {
+                    tenant: entry.tenant.clone(),
+                    did: None,
+                }]
+            } else {
+                entry
+                    .dids
+                    .iter()
+                    .map(|d| ScopeKey {
+                        tenant: entry.tenant.clone(),
+                        did: Some(d.clone()),
+                    })
+                    .collect()
             };
-            match map.get(&entry.number) {
-                Some(existing) if !entry.outlives(existing) => {}
-                _ => {
-                    map.insert(entry.number.clone(), Arc::new(entry));
+            for key in scope_keys {
+                match &entry.pattern {
+                    RulePattern::Exact(n) => snapshot
+                        .scopes
+                        .entry(key)
+                        .or_default()
+                        .exact
+                        .entry(n.clone())
+                        .or_default()
+                        .push(id),
+                    RulePattern::AnyInvalid => {
+                        snapshot.scopes.entry(key).or_default().invalid.push(id);
+                    }
+                    pattern => {
+                        let list = masks.entry(key).or_default();
+                        list.extend(pattern.digit_patterns().into_iter().map(|d| (d, id)));
+                    }
                 }
             }
+            let zone = entry.schedule.as_ref().map(|_| match &entry.time_zone {
+                None => zone.clone(),
+                Some(name) => zones
+                    .entry(name.clone())
+                    .or_insert_with(|| TimeZone::parse(name).unwrap_or_else(|_| zone.clone()))
+                    .clone(),
+            });
+            snapshot.rules.push(CompiledRule {
+                entry: Arc::new(entry),
+                zone,
+            });
+        }
+        for (key, patterns) in masks {
+            snapshot.scopes.entry(key).or_default().masks = Matcher::build(patterns);
         }
         snapshot
     }
@@ -112,71 +358,196 @@ impl Snapshot {
         self.version
     }
 
-    /// The live entry for `number` on `list`, if any.
-    pub fn lookup(&self, list: ListKind, number: &CallerNumber, now: SystemTime) -> Option<&Entry> {
-        let map = match list {
-            ListKind::Block => &self.block,
-            ListKind::Allow => &self.allow,
-        };
-        map.get(number).map(Arc::as_ref).filter(|e| e.is_live(now))
-    }
-
-    /// Number of entries on `list` (expired ones included until the next sync drops them).
+    /// Number of rules on `list` (expired ones included until the next sync drops them).
     pub fn len(&self, list: ListKind) -> usize {
-        match list {
-            ListKind::Block => self.block.len(),
-            ListKind::Allow => self.allow.len(),
-        }
+        self.counts[list as usize]
     }
 
-    /// True when both lists are empty.
+    /// True when there are no rules at all.
     pub fn is_empty(&self) -> bool {
-        self.block.is_empty() && self.allow.is_empty()
+        self.rules.is_empty()
     }
 
-    /// All entries live at `now`, sorted by list then number (stable output for `list`).
+    /// Every rule (deduplicated), in precedence order.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.rules.iter().map(|r| r.entry.as_ref())
+    }
+
+    /// All entries live at `now`, sorted by tenant, list, then canonical pattern (stable output).
     pub fn live_entries(&self, now: SystemTime) -> Vec<&Entry> {
-        let mut out: Vec<&Entry> = self
-            .block
-            .values()
-            .chain(self.allow.values())
-            .map(Arc::as_ref)
+        let mut out: Vec<(&Entry, String)> = self
+            .entries()
             .filter(|e| e.is_live(now))
+            .map(|e| (e, e.pattern.to_string()))
             .collect();
-        out.sort_by(|a, b| (a.list, &a.number).cmp(&(b.list, &b.number)));
-        out
+        out.sort_by(|a, b| (&a.0.tenant, a.0.list, &a.1).cmp(&(&b.0.tenant, b.0.list, &b.1)));
+        out.into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// True when rule `id` is live and inside its schedule at `now`.
+    fn applies(&self, id: u32, now: SystemTime) -> bool {
+        let Some(rule) = self.rules.get(id as usize) else {
+            return false;
+        };
+        rule.entry.is_live(now)
+            && match (&rule.entry.schedule, &rule.zone) {
+                (Some(schedule), Some(zone)) => schedule.is_active(now, zone),
+                _ => true,
+            }
+    }
+
+    fn scope(&self, level: ScopeLevel, facts: &CallFacts<'_>) -> Option<&ScopeIndex> {
+        let key = match level {
+            ScopeLevel::TenantDid => ScopeKey {
+                tenant: Some(facts.tenant?.clone()),
+                did: Some(facts.did?.clone()),
+            },
+            ScopeLevel::Tenant => ScopeKey {
+                tenant: Some(facts.tenant?.clone()),
+                did: None,
+            },
+            ScopeLevel::GlobalDid => ScopeKey {
+                tenant: None,
+                did: Some(facts.did?.clone()),
+            },
+            ScopeLevel::Global => ScopeKey {
+                tenant: None,
+                did: None,
+            },
+        };
+        self.scopes.get(&key)
     }
 }
 
-/// Result of matching one number against a snapshot.
+const LEVELS: [ScopeLevel; 4] = [
+    ScopeLevel::TenantDid,
+    ScopeLevel::Tenant,
+    ScopeLevel::GlobalDid,
+    ScopeLevel::Global,
+];
+
+/// Writes an E.164 number's digits (no `+`) into `buf` and returns them.
+fn e164_digits(value: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut v = value;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 || i == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Result of deciding one call against a snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome<'a> {
-    /// The entry that decided, if any; `None` means no list matched (default allow).
+    /// The rule that decided, if any; `None` means no rule matched (the call is allowed).
     pub decided_by: Option<&'a Entry>,
-    /// A block entry that also matched but lost to an allow entry (for `check` output).
-    pub overridden: Option<&'a Entry>,
+    /// The scope the deciding rule came from.
+    pub level: Option<ScopeLevel>,
 }
 
 impl Outcome<'_> {
-    /// Block when the deciding entry is on the block list.
+    /// Block when the deciding rule is on the block list.
     pub fn is_block(&self) -> bool {
         self.decided_by.is_some_and(|e| e.list == ListKind::Block)
     }
 }
 
-/// Decides one canonical number: the allow list wins over the block list; no match allows.
-pub fn decide<'a>(number: &CallerNumber, snapshot: &'a Snapshot, now: SystemTime) -> Outcome<'a> {
-    let block = snapshot.lookup(ListKind::Block, number, now);
-    match snapshot.lookup(ListKind::Allow, number, now) {
-        Some(allow) => Outcome {
-            decided_by: Some(allow),
-            overridden: block,
-        },
-        None => Outcome {
-            decided_by: block,
-            overridden: None,
-        },
+/// Decides one call: the most specific scope with an applying rule decides; inside it the
+/// rule first in precedence order. O(number length) per scope, whatever the rule count.
+pub fn decide<'a>(facts: CallFacts<'_>, snapshot: &'a Snapshot, now: SystemTime) -> Outcome<'a> {
+    let applies = |id: u32| snapshot.applies(id, now);
+    for level in LEVELS {
+        let Some(index) = snapshot.scope(level, &facts) else {
+            continue;
+        };
+        let mut best = index
+            .exact
+            .get(facts.number)
+            .and_then(|ids| ids.iter().copied().find(|&id| applies(id)));
+        let wider = match facts.number {
+            CallerNumber::E164(e) => {
+                let mut buf = [0u8; 20];
+                index.masks.best(e164_digits(e.value(), &mut buf), applies)
+            }
+            CallerNumber::Invalid(_) => index.invalid.iter().copied().find(|&id| applies(id)),
+            _ => None,
+        };
+        best = match (best, wider) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(id) = best {
+            return Outcome {
+                decided_by: snapshot.rules.get(id as usize).map(|r| r.entry.as_ref()),
+                level: Some(level),
+            };
+        }
     }
+    Outcome {
+        decided_by: None,
+        level: None,
+    }
+}
+
+/// One rule that matched a call, for `check --explain`.
+#[derive(Debug, Clone, Copy)]
+pub struct Match<'a> {
+    /// The rule.
+    pub entry: &'a Entry,
+    /// The scope it matched at.
+    pub level: ScopeLevel,
+    /// False when it has expired or is outside its schedule at the time asked.
+    pub applies: bool,
+    /// True for the rule that decided.
+    pub winner: bool,
+}
+
+/// Every rule that matches the call, the deciding one first, then by scope and precedence.
+pub fn explain<'a>(
+    facts: CallFacts<'_>,
+    snapshot: &'a Snapshot,
+    now: SystemTime,
+) -> Vec<Match<'a>> {
+    let winner = decide(facts, snapshot, now);
+    let mut found: Vec<(ScopeLevel, u32)> = Vec::new();
+    for level in LEVELS {
+        let Some(index) = snapshot.scope(level, &facts) else {
+            continue;
+        };
+        let mut ids: Vec<u32> = index.exact.get(facts.number).cloned().unwrap_or_default();
+        match facts.number {
+            CallerNumber::E164(e) => {
+                let mut buf = [0u8; 20];
+                ids.extend(index.masks.all(e164_digits(e.value(), &mut buf)));
+            }
+            CallerNumber::Invalid(_) => ids.extend(&index.invalid),
+            _ => {}
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        found.extend(ids.into_iter().map(|id| (level, id)));
+    }
+    let mut out: Vec<Match<'a>> = found
+        .into_iter()
+        .filter_map(|(level, id)| {
+            let entry = snapshot.rules.get(id as usize)?.entry.as_ref();
+            Some(Match {
+                entry,
+                level,
+                applies: snapshot.applies(id, now),
+                winner: winner.level == Some(level)
+                    && winner.decided_by.is_some_and(|w| std::ptr::eq(w, entry)),
+            })
+        })
+        .collect();
+    // Stable: keeps scope and precedence order behind the winner.
+    out.sort_by_key(|m| !m.winner);
+    out
 }
 
 #[cfg(test)]
@@ -185,71 +556,326 @@ mod tests {
     use crate::number::Normalizer;
     use std::time::Duration;
 
-    fn entry(list: ListKind, number: &str, reason: &str, expires: Option<SystemTime>) -> Entry {
-        Entry {
-            list,
-            number: Normalizer::default().normalize(number),
-            reason: reason.into(),
-            added_by: None,
-            added_at: None,
-            expires_at: expires,
+    fn t0() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    /// `"block +7495123*"`, `"allow@acme +74951234567"`, `"block@acme/+74951112233 +7495*"`.
+    fn rule(spec: &str) -> Entry {
+        let n = Normalizer::default();
+        let (head, pattern) = spec.split_once(' ').expect("spec");
+        let (head, did) = head.split_once('/').unwrap_or((head, ""));
+        let (list, tenant) = head.split_once('@').unwrap_or((head, ""));
+        let list = if list == "allow" {
+            ListKind::Allow
+        } else {
+            ListKind::Block
+        };
+        let mut e = Entry::new(list, RulePattern::parse(pattern, &n).expect("pattern"));
+        e.tenant = (!tenant.is_empty()).then(|| Tenant::new(tenant).expect("tenant"));
+        if !did.is_empty() {
+            e.dids = vec![n.normalize(did)];
+        }
+        e.reason = spec.to_owned();
+        e
+    }
+
+    /// Which rule decides `number` (for `tenant`, `did`); "none" when none.
+    fn winner(rules: &[&str], number: &str, tenant: &str, did: &str) -> String {
+        let n = Normalizer::default();
+        let snap = Snapshot::compile(rules.iter().map(|r| rule(r)), 1);
+        let number = n.normalize(number);
+        let tenant = (!tenant.is_empty()).then(|| Tenant::new(tenant).expect("tenant"));
+        let did = (!did.is_empty()).then(|| n.normalize(did));
+        let facts = CallFacts {
+            number: &number,
+            tenant: tenant.as_ref(),
+            did: did.as_ref(),
+        };
+        decide(facts, &snap, t0())
+            .decided_by
+            .map_or_else(|| "none".to_owned(), |e| e.reason.clone())
+    }
+
+    #[test]
+    fn every_rule_kind_matches_every_delivered_format() {
+        for rule_text in [
+            "block 8 (495) 123-45-67",
+            "block +7495123*",
+            "block _7495123XXXX",
+            "block 8 (495) 123-XX-XX",
+            "block _7495ZXXXXXX",
+            "block _749512[1-5]XXXX",
+            "block _7495123.",
+            "block _7495123!",
+            "block +74951230000-+74951239999",
+        ] {
+            for caller in [
+                "+74951234567",
+                "84951234567",
+                "4951234567",
+                "sip:74951234567@x",
+            ] {
+                assert_eq!(winner(&[rule_text], caller, "", ""), rule_text, "{caller}");
+            }
+            assert_eq!(
+                winner(&[rule_text], "+74961234567", "", ""),
+                "none",
+                "{rule_text}"
+            );
+        }
+        // Boundaries: '.' needs one more digit, '!' none; classes and ranges are inclusive.
+        assert_eq!(
+            winner(&["block _74951234567."], "+74951234567", "", ""),
+            "none"
+        );
+        assert_eq!(
+            winner(&["block _74951234567!"], "+74951234567", "", ""),
+            "block _74951234567!"
+        );
+        assert_eq!(
+            winner(&["block _749512[1-2]XXXX"], "+74951234567", "", ""),
+            "none"
+        );
+        assert_eq!(
+            winner(&["block +74951230000-+74951234567"], "+74951234567", "", ""),
+            "block +74951230000-+74951234567"
+        );
+        assert_eq!(
+            winner(&["block +74951230000-+74951234566"], "+74951234567", "", ""),
+            "none"
+        );
+    }
+
+    #[test]
+    fn precedence_table() {
+        let cases: &[(&[&str], &str, &str, &str, &str)] = &[
+            // Allow beats block when equally specific.
+            (
+                &["block +74951234567", "allow +74951234567"],
+                "84951234567",
+                "",
+                "",
+                "allow +74951234567",
+            ),
+            (
+                &["block +7495123XXXX", "allow +74951230000-+74951239999"],
+                "84951234567",
+                "",
+                "",
+                "allow +74951230000-+74951239999",
+            ),
+            // More specific beats less specific, whichever list.
+            (
+                &["block +7495*", "allow +74951234567"],
+                "84951234567",
+                "",
+                "",
+                "allow +74951234567",
+            ),
+            (
+                &["allow +7495*", "block +74951234567"],
+                "84951234567",
+                "",
+                "",
+                "block +74951234567",
+            ),
+            (
+                &["allow +7495*", "block +7495123XXXX"],
+                "84951234567",
+                "",
+                "",
+                "block +7495123XXXX",
+            ),
+            (
+                &["allow +749512XXXXX", "block +7495123XXXX"],
+                "84951234567",
+                "",
+                "",
+                "block +7495123XXXX",
+            ),
+            (
+                &["block +7495*", "allow +74951*"],
+                "84951234567",
+                "",
+                "",
+                "allow +74951*",
+            ),
+            // A mask of 100 numbers beats a range of 1000; a range of 10 beats a mask of 100.
+            (
+                &["allow +74951230000-+74951234999", "block +74951234XXX"],
+                "84951234567",
+                "",
+                "",
+                "block +74951234XXX",
+            ),
+            (
+                &["block +749512345XX", "allow +74951234560-+74951234569"],
+                "84951234567",
+                "",
+                "",
+                "allow +74951234560-+74951234569",
+            ),
+            // Tenant rules beat global rules, even less specific ones.
+            (
+                &["allow +74951234567", "block@acme +7495*"],
+                "84951234567",
+                "acme",
+                "",
+                "block@acme +7495*",
+            ),
+            (
+                &["block +74951234567", "allow@acme +7*"],
+                "84951234567",
+                "acme",
+                "",
+                "allow@acme +7*",
+            ),
+            // Another tenant's rules do not apply.
+            (
+                &["block@other +74951234567"],
+                "84951234567",
+                "acme",
+                "",
+                "none",
+            ),
+            (&["block@acme +74951234567"], "84951234567", "", "", "none"),
+            // DID-limited rules beat the scope's plain rules and apply only to that DID.
+            (
+                &["allow@acme +7*", "block@acme/+74951112233 +7495*"],
+                "84951234567",
+                "acme",
+                "+74951112233",
+                "block@acme/+74951112233 +7495*",
+            ),
+            (
+                &["allow@acme +7*", "block@acme/+74951112233 +7495*"],
+                "84951234567",
+                "acme",
+                "+74951112299",
+                "allow@acme +7*",
+            ),
+            (
+                &["block/+74951112233 +74951234567"],
+                "84951234567",
+                "",
+                "84951112233",
+                "block/+74951112233 +74951234567",
+            ),
+            (
+                &["block/+74951112233 +74951234567"],
+                "84951234567",
+                "",
+                "",
+                "none",
+            ),
+            // Global DID rule vs tenant rule: tenant wins.
+            (
+                &["block/+74951112233 +74951234567", "allow@acme +7*"],
+                "84951234567",
+                "acme",
+                "+74951112233",
+                "allow@acme +7*",
+            ),
+            // Equal breadth and list: smaller canonical text wins (deterministic).
+            (
+                &["block +7495123XXXX", "block +749512X4XXX"],
+                "84951234567",
+                "",
+                "",
+                "block +7495123XXXX",
+            ),
+            // Anonymous and invalid callers.
+            (&["block anonymous"], "Anonymous", "", "", "block anonymous"),
+            (
+                &["block anonymous", "allow@acme anonymous"],
+                "",
+                "acme",
+                "",
+                "allow@acme anonymous",
+            ),
+            (&["block invalid"], "SPAM", "", "", "block invalid"),
+            (
+                &["block invalid", "allow invalid:spam"],
+                "SPAM",
+                "",
+                "",
+                "allow invalid:spam",
+            ),
+            (&["block invalid"], "anonymous", "", "", "none"),
+            (&["block invalid"], "101", "", "", "none"),
+        ];
+        for (rules, number, tenant, did, expected) in cases {
+            assert_eq!(
+                winner(rules, number, tenant, did),
+                *expected,
+                "rules {rules:?}, call from {number} tenant {tenant:?} did {did:?}"
+            );
+            // Order of entry must not matter.
+            let reversed: Vec<&str> = rules.iter().rev().copied().collect();
+            assert_eq!(
+                winner(&reversed, number, tenant, did),
+                *expected,
+                "reversed {rules:?}"
+            );
         }
     }
 
     #[test]
-    fn allow_wins_over_block() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let snap = Snapshot::compile(
-            [
-                entry(ListKind::Block, "84951234567", "collectors", None),
-                entry(ListKind::Allow, "+7 495 123-45-67", "our lawyer", None),
-            ],
-            1,
-        );
-        let number = Normalizer::default().normalize("74951234567");
-        let outcome = decide(&number, &snap, now);
-        assert!(!outcome.is_block());
+    fn expired_rules_fall_through_to_the_next() {
+        let mut short = rule("block +74951234567");
+        short.expires_at = Some(t0() + Duration::from_secs(60));
+        let wide = rule("block +7495*");
+        let snap = Snapshot::compile([short, wide], 1);
+        let n = Normalizer::default().normalize("+74951234567");
+        let at = |s| decide(CallFacts::number(&n), &snap, t0() + Duration::from_secs(s));
         assert_eq!(
-            outcome.decided_by.map(|e| e.reason.as_str()),
-            Some("our lawyer")
+            at(0).decided_by.map(|e| e.reason.as_str()),
+            Some("block +74951234567")
         );
         assert_eq!(
-            outcome.overridden.map(|e| e.reason.as_str()),
-            Some("collectors")
+            at(60).decided_by.map(|e| e.reason.as_str()),
+            Some("block +7495*")
         );
+        let all = explain(CallFacts::number(&n), &snap, t0() + Duration::from_secs(60));
+        assert_eq!(all.len(), 2);
+        assert!(all[0].winner && all[0].applies);
+        assert!(!all[1].winner && !all[1].applies);
     }
 
     #[test]
-    fn expired_entries_do_not_match() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let snap = Snapshot::compile(
-            [entry(
-                ListKind::Block,
-                "84951234567",
-                "temp",
-                Some(t0 + Duration::from_secs(60)),
-            )],
-            1,
-        );
-        let number = Normalizer::default().normalize("+74951234567");
-        assert!(decide(&number, &snap, t0).is_block());
-        assert!(!decide(&number, &snap, t0 + Duration::from_secs(60)).is_block());
-        assert!(snap.live_entries(t0 + Duration::from_secs(61)).is_empty());
+    fn schedules_apply_only_inside_their_windows() {
+        let mut night = rule("block +7495*");
+        night.schedule = Some("daily 22:00-06:00".parse().expect("schedule"));
+        night.time_zone = Some("UTC".into());
+        let snap = Snapshot::compile([night], 1);
+        let n = Normalizer::default().normalize("+74951234567");
+        // t0 is 2027-01-15 08:00:00 UTC.
+        let at = |h: u64| {
+            decide(
+                CallFacts::number(&n),
+                &snap,
+                t0() + Duration::from_secs(h * 3600),
+            )
+            .is_block()
+        };
+        assert!(!at(0));
+        assert!(at(14));
+        assert!(at(21));
+        assert!(!at(22));
     }
 
     #[test]
     fn duplicates_merge_to_longest_life() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let snap = Snapshot::compile(
-            [
-                entry(ListKind::Block, "84951234567", "permanent", None),
-                entry(ListKind::Block, "+74951234567", "short", Some(t0)),
-            ],
-            1,
-        );
+        let mut short = rule("block +74951234567");
+        short.reason = "short".into();
+        short.expires_at = Some(t0());
+        let mut permanent = rule("block 84951234567");
+        permanent.reason = "permanent".into();
+        let snap = Snapshot::compile([permanent, short], 1);
         assert_eq!(snap.len(ListKind::Block), 1);
-        let number = Normalizer::default().normalize("4951234567");
-        let outcome = decide(&number, &snap, t0 + Duration::from_secs(5));
+        let n = Normalizer::default().normalize("4951234567");
+        let outcome = decide(CallFacts::number(&n), &snap, t0() + Duration::from_secs(5));
         assert_eq!(
             outcome.decided_by.map(|e| e.reason.as_str()),
             Some("permanent")
@@ -257,10 +883,55 @@ mod tests {
     }
 
     #[test]
+    fn explain_lists_every_match_winner_first() {
+        let snap = Snapshot::compile(
+            [
+                rule("block +7495*"),
+                rule("allow +74951234567"),
+                rule("block +7495123XXXX"),
+                rule("block@acme +7*"),
+                rule("block +7496*"),
+            ],
+            1,
+        );
+        let n = Normalizer::default().normalize("+74951234567");
+        let acme = Tenant::new("ACME").expect("tenant");
+        let facts = CallFacts {
+            number: &n,
+            tenant: Some(&acme),
+            did: None,
+        };
+        let all: Vec<String> = explain(facts, &snap, t0())
+            .iter()
+            .map(|m| format!("{} {} {}", m.winner, m.level.as_str(), m.entry.reason))
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "true tenant block@acme +7*",
+                "false global allow +74951234567",
+                "false global block +7495123XXXX",
+                "false global block +7495*",
+            ]
+        );
+    }
+
+    #[test]
+    fn tenant_names_are_checked_and_case_folded() {
+        assert_eq!(
+            Tenant::new(" Acme-1.ru ").map(|t| t.to_string()),
+            Ok("acme-1.ru".into())
+        );
+        for bad in ["", "a b", "a:b", "ac\nme", "a\"b", &"x".repeat(65)] {
+            assert!(Tenant::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn no_match_allows() {
         let snap = Snapshot::default();
         let number = Normalizer::default().normalize("+74951234567");
-        let outcome = decide(&number, &snap, SystemTime::UNIX_EPOCH);
+        let outcome = decide(CallFacts::number(&number), &snap, SystemTime::UNIX_EPOCH);
         assert!(outcome.decided_by.is_none());
         assert!(!outcome.is_block());
     }

@@ -3,9 +3,16 @@
 //!
 //! ```toml
 //! [[block]]
-//! number = "8 (495) 123-45-67"   # any format; normalized on load
+//! number = "8 (495) 123-45-67"   # a number or rule (mask, prefix, range) in any format
 //! reason = "collectors"
 //! expires_at = "2026-12-01T00:00:00Z"   # optional
+//!
+//! [[block]]
+//! tenant = "acme"                 # optional: on this tenant's list, not the global one
+//! number = "+7495123XXXX"
+//! action = "hangup 1"             # optional: default from config
+//! dids = ["+74951112233"]         # optional: only calls to these numbers
+//! schedule = "mon-fri 09:00-18:00" # optional, with time_zone = "Europe/Moscow"
 //! ```
 //! Writers take an exclusive lock on `<file>.lock`, rewrite the whole file into a temp file
 //! in the same directory, fsync it and rename it over the original, so a reader (the running
@@ -20,13 +27,14 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{EntryMeta, StoreError, entry_from_parts, format_time, parse_time};
-use crate::number::{CallerNumber, Normalizer};
-use crate::rules::{Entry, ListKind};
+use crate::number::Normalizer;
+use crate::rules::{Entry, ListKind, RulePattern, Tenant};
 
 const HEADER: &str = "\
 # callguard lists (embedded store). Edit by hand or with `callguard block/allow/unblock`.
-# Numbers may be written in any format; they are normalized when loaded.
-# Fields: number (required), reason, added_by, added_at, expires_at (RFC 3339, UTC).
+# Numbers and rules (masks, prefixes, ranges) may be written in any format.
+# Fields: number (required), tenant, reason, action, dids, schedule, time_zone, added_by,
+# added_at, expires_at (RFC 3339, UTC). See README, section Rules.
 # A running `callguard serve` picks up changes to this file within a second.
 # Note: the CLI rewrites this file and does not keep comments other than this header.
 
@@ -54,15 +62,43 @@ impl ListsFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
     number: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    action: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_zone: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     added_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     added_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
+}
+
+impl FileRecord {
+    /// Whether this record is `pattern` on `tenant`'s list, in whatever spelling.
+    fn means(
+        &self,
+        normalizer: &Normalizer,
+        tenant: Option<&Tenant>,
+        pattern: &RulePattern,
+    ) -> bool {
+        let record_tenant = self.tenant.as_deref().map(Tenant::new);
+        let same_tenant = match (record_tenant, tenant) {
+            (None, None) => true,
+            (Some(Ok(a)), Some(b)) => a == *b,
+            _ => false,
+        };
+        same_tenant && RulePattern::parse(&self.number, normalizer).is_ok_and(|p| p == *pattern)
+    }
 }
 
 /// Identity of the file's current version, cheap to read (one `stat`), to notice edits.
@@ -129,7 +165,7 @@ impl LocalStore {
         .await
     }
 
-    /// Adds entries, replacing every earlier spelling of the same number on the same list.
+    /// Adds entries, replacing every earlier spelling of the same rule on the same list.
     pub async fn put(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let this = self.clone();
         let entries = entries.to_vec();
@@ -137,12 +173,18 @@ impl LocalStore {
             this.modify(|file, normalizer| {
                 for entry in &entries {
                     let records = file.list_mut(entry.list);
-                    records.retain(|r| normalizer.normalize(&r.number) != entry.number);
+                    records.retain(|r| !r.means(normalizer, entry.tenant.as_ref(), &entry.pattern));
+                    let meta = EntryMeta::of(entry);
                     records.push(FileRecord {
-                        number: entry.number.to_string(),
-                        reason: entry.reason.clone(),
-                        added_by: entry.added_by.clone(),
-                        added_at: entry.added_at.map(format_time),
+                        tenant: entry.tenant.as_ref().map(ToString::to_string),
+                        number: entry.pattern.to_string(),
+                        reason: meta.reason,
+                        action: meta.action,
+                        dids: meta.dids,
+                        schedule: meta.schedule,
+                        time_zone: meta.time_zone,
+                        added_by: meta.added_by,
+                        added_at: meta.added_at,
                         expires_at: entry.expires_at.map(format_time),
                     });
                 }
@@ -153,21 +195,25 @@ impl LocalStore {
         .await
     }
 
-    /// Removes every spelling of each number from `list`; returns how many numbers were present.
+    /// Removes every spelling of each rule from `tenant`'s `list`; returns how many were present.
     pub async fn remove(
         &self,
+        tenant: Option<&Tenant>,
         list: ListKind,
-        numbers: &[CallerNumber],
+        patterns: &[RulePattern],
     ) -> Result<usize, StoreError> {
         let this = self.clone();
-        let numbers = numbers.to_vec();
+        let patterns = patterns.to_vec();
+        let tenant = tenant.cloned();
         run_blocking(move || {
             this.modify(|file, normalizer| {
                 let records = file.list_mut(list);
-                let mut found = vec![false; numbers.len()];
+                let mut found = vec![false; patterns.len()];
                 records.retain(|r| {
-                    let canonical = normalizer.normalize(&r.number);
-                    match numbers.iter().position(|n| *n == canonical) {
+                    match patterns
+                        .iter()
+                        .position(|p| r.means(normalizer, tenant.as_ref(), p))
+                    {
                         Some(i) => {
                             found[i] = true;
                             false
@@ -218,18 +264,35 @@ impl LocalStore {
                         ),
                     })?),
                 };
+                let bad = |message: String| StoreError::BadFile {
+                    path: self.inner.path.clone(),
+                    message: format!("{list} entry #{} ({}): {message}", i + 1, record.number),
+                };
+                let tenant = record
+                    .tenant
+                    .as_deref()
+                    .map(Tenant::new)
+                    .transpose()
+                    .map_err(|e| bad(e.to_string()))?;
                 let meta = EntryMeta {
                     reason: record.reason.clone(),
                     added_by: record.added_by.clone(),
                     added_at: record.added_at.clone(),
+                    action: record.action.clone(),
+                    dids: record.dids.clone(),
+                    schedule: record.schedule.clone(),
+                    time_zone: record.time_zone.clone(),
                 };
-                out.push(entry_from_parts(
+                let entry = entry_from_parts(
                     &self.inner.normalizer,
+                    tenant,
                     list,
                     &record.number,
                     meta,
                     expires_at,
-                ));
+                )
+                .map_err(|e| bad(e.to_string()))?;
+                out.push(entry);
             }
         }
         Ok(out)
@@ -316,15 +379,16 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn entry(list: ListKind, number: &str, reason: &str) -> Entry {
-        Entry {
-            list,
-            number: Normalizer::default().normalize(number),
-            reason: reason.into(),
-            added_by: Some("tester".into()),
-            added_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
-            expires_at: None,
-        }
+    fn pattern(text: &str) -> RulePattern {
+        RulePattern::parse(text, &Normalizer::default()).expect("pattern")
+    }
+
+    fn entry(list: ListKind, rule: &str, reason: &str) -> Entry {
+        let mut e = Entry::new(list, pattern(rule));
+        e.reason = reason.into();
+        e.added_by = Some("tester".into());
+        e.added_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000));
+        e
     }
 
     #[tokio::test]
@@ -334,30 +398,58 @@ mod tests {
             LocalStore::open(&dir.path().join("lists.toml"), Normalizer::default()).expect("open");
         assert!(store.load().await.expect("load empty").is_empty());
 
+        let mut scoped = entry(ListKind::Block, "8 (495) 123-XX-XX", "masked");
+        scoped.tenant = Some(Tenant::new("acme").expect("tenant"));
+        scoped.action = Some("hangup 1".parse().expect("action"));
+        scoped.dids = vec![Normalizer::default().normalize("+74951112233")];
+        scoped.schedule = Some("mon-fri 09:00-18:00".parse().expect("schedule"));
+        scoped.time_zone = Some("Europe/Moscow".into());
         store
             .put(&[
                 entry(ListKind::Block, "8 (495) 123-45-67", "collectors"),
                 entry(ListKind::Allow, "+74990000000", "boss"),
+                scoped.clone(),
             ])
             .await
             .expect("put");
         let loaded = store.load().await.expect("load");
-        assert_eq!(loaded.len(), 2);
-        assert_eq!(loaded[0].number.to_string(), "+74951234567");
+        assert_eq!(loaded.len(), 3);
+        assert_eq!(loaded[0].pattern.to_string(), "+74951234567");
         assert_eq!(loaded[0].reason, "collectors");
         assert_eq!(loaded[0].added_by.as_deref(), Some("tester"));
+        assert_eq!(loaded[1], scoped, "every field survives the file");
 
-        let n = Normalizer::default().normalize("74951234567");
+        let n = pattern("74951234567");
         assert_eq!(
             store
-                .remove(ListKind::Block, std::slice::from_ref(&n))
+                .remove(None, ListKind::Block, std::slice::from_ref(&n))
                 .await
                 .expect("rm"),
             1
         );
         assert_eq!(
-            store.remove(ListKind::Block, &[n]).await.expect("rm again"),
+            store
+                .remove(None, ListKind::Block, &[n])
+                .await
+                .expect("rm again"),
             0
+        );
+        // The tenant's mask is only removed from the tenant's list.
+        let mask = pattern("+7495123XXXX");
+        assert_eq!(
+            store
+                .remove(None, ListKind::Block, std::slice::from_ref(&mask))
+                .await
+                .expect("rm"),
+            0
+        );
+        let acme = Tenant::new("ACME").expect("tenant");
+        assert_eq!(
+            store
+                .remove(Some(&acme), ListKind::Block, &[mask])
+                .await
+                .expect("rm"),
+            1
         );
         assert_eq!(store.load().await.expect("load").len(), 1);
     }
@@ -373,7 +465,7 @@ mod tests {
         .expect("write");
         let store = LocalStore::open(&path, Normalizer::default()).expect("open");
         let loaded = store.load().await.expect("load");
-        assert_eq!(loaded[0].number.to_string(), "+74951234567");
+        assert_eq!(loaded[0].pattern.to_string(), "+74951234567");
 
         // Blocking the same number in another format replaces the hand-written record.
         store
@@ -391,17 +483,38 @@ mod tests {
     async fn bad_file_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("lists.toml");
-        fs::write(&path, "[[block]]\nnumbr = \"1\"\n").expect("write");
         let store = LocalStore::open(&path, Normalizer::default()).expect("open");
-        let err = store.load().await.expect_err("must fail").to_string();
-        assert!(err.contains("numbr"), "{err}");
-
-        fs::write(
-            &path,
-            "[[block]]\nnumber = \"1\"\nexpires_at = \"tomorrow\"\n",
-        )
-        .expect("write");
-        let err = store.load().await.expect_err("must fail").to_string();
-        assert!(err.contains("expires_at"), "{err}");
+        for (text, needle) in [
+            ("[[block]]\nnumbr = \"1\"\n", "numbr"),
+            (
+                "[[block]]\nnumber = \"1\"\nexpires_at = \"tomorrow\"\n",
+                "expires_at",
+            ),
+            ("[[block]]\nnumber = \"_7495*1\"\n", "block entry #1"),
+            (
+                "[[block]]\nnumber = \"+7495*\"\naction = \"explode\"\n",
+                "explode",
+            ),
+            (
+                "[[allow]]\nnumber = \"+7495*\"\naction = \"busy\"\n",
+                "allow rules take no action",
+            ),
+            (
+                "[[block]]\nnumber = \"+7495*\"\ntenant = \"a b\"\n",
+                "tenant",
+            ),
+            (
+                "[[block]]\nnumber = \"+7495*\"\nschedule = \"someday\"\n",
+                "schedule",
+            ),
+            (
+                "[[block]]\nnumber = \"+7495*\"\ndids = [\"nope\"]\n",
+                "nope",
+            ),
+        ] {
+            fs::write(&path, text).expect("write");
+            let err = store.load().await.expect_err(text).to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 }

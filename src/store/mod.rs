@@ -12,7 +12,11 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::number::{CallerNumber, Normalizer};
-use crate::rules::{Entry, ListKind};
+use crate::rules::action::ActionError;
+use crate::rules::schedule::ScheduleError;
+use crate::rules::{
+    Entry, ListKind, PatternError, RuleAction, RulePattern, Schedule, Tenant, TimeZone,
+};
 
 pub use self::local::LocalStore;
 pub use self::redis::RedisStore;
@@ -99,15 +103,17 @@ impl Store {
         }
     }
 
-    /// Removes every spelling of each number from `list`; returns how many numbers were present.
+    /// Removes every spelling of each rule from `tenant`'s `list` (`None` = global); returns
+    /// how many of the rules were present.
     pub async fn remove(
         &self,
+        tenant: Option<&Tenant>,
         list: ListKind,
-        numbers: &[CallerNumber],
+        patterns: &[RulePattern],
     ) -> Result<usize, StoreError> {
         match self {
-            Store::Redis(s) => s.remove(list, numbers).await,
-            Store::Local(s) => s.remove(list, numbers).await,
+            Store::Redis(s) => s.remove(tenant, list, patterns).await,
+            Store::Local(s) => s.remove(tenant, list, patterns).await,
         }
     }
 
@@ -120,7 +126,7 @@ impl Store {
     }
 }
 
-/// Bookkeeping stored with an entry (Redis value JSON; the local file's fields).
+/// Everything stored with a rule besides its key (Redis value JSON; the local file's fields).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EntryMeta {
@@ -133,36 +139,104 @@ pub struct EntryMeta {
     /// RFC 3339 time it was added.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub added_at: Option<String>,
+    /// Action text (`hangup 17`, `busy`, `tag`...); absent = the configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Called numbers (DIDs) the rule is limited to, any format; empty = all calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dids: Vec<String>,
+    /// Weekly windows (`mon-fri 09:00-18:00`); absent = always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// Time zone of the schedule; absent = `rules.time_zone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 impl EntryMeta {
-    /// The bookkeeping part of an entry.
+    /// The stored part of an entry.
     pub fn of(entry: &Entry) -> EntryMeta {
         EntryMeta {
             reason: entry.reason.clone(),
             added_by: entry.added_by.clone(),
             added_at: entry.added_at.map(format_time),
+            action: entry.action.as_ref().map(ToString::to_string),
+            dids: entry.dids.iter().map(ToString::to_string).collect(),
+            schedule: entry.schedule.as_ref().map(ToString::to_string),
+            time_zone: entry.time_zone.clone(),
         }
     }
 }
 
-/// Builds an entry from stored parts; `number_text` may be in any format.
+/// A stored rule that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// The key's rule text.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    /// The action.
+    #[error("action {0}")]
+    Action(#[from] ActionError),
+    /// The schedule or its time zone.
+    #[error("schedule {0}")]
+    Schedule(#[from] ScheduleError),
+    /// An allow rule with an action.
+    #[error("allow rules take no action (got {0:?})")]
+    AllowWithAction(String),
+    /// A DID that is not a number.
+    #[error("did {0:?} is not a number")]
+    BadDid(String),
+}
+
+/// Builds an entry from stored parts; `rule_text` and the DIDs may be in any format.
 pub fn entry_from_parts(
     normalizer: &Normalizer,
+    tenant: Option<Tenant>,
     list: ListKind,
-    number_text: &str,
+    rule_text: &str,
     meta: EntryMeta,
     expires_at: Option<SystemTime>,
-) -> Entry {
-    Entry {
+) -> Result<Entry, RecordError> {
+    let pattern = RulePattern::parse(rule_text, normalizer)?;
+    let action = match meta.action.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) if list == ListKind::Allow => {
+            return Err(RecordError::AllowWithAction(text.to_owned()));
+        }
+        Some(text) => Some(text.parse::<RuleAction>()?),
+    };
+    let schedule = match meta.schedule.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(text) => Some(Schedule::parse(text)?),
+    };
+    if let Some(zone) = &meta.time_zone {
+        TimeZone::parse(zone)?;
+    }
+    let dids = meta
+        .dids
+        .iter()
+        .map(|d| match normalizer.normalize(d) {
+            CallerNumber::Invalid(_) | CallerNumber::Anonymous => {
+                Err(RecordError::BadDid(d.clone()))
+            }
+            n => Ok(n),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Entry {
         list,
-        number: normalizer.normalize(number_text),
+        tenant,
+        pattern,
+        dids,
+        action,
+        schedule,
+        time_zone: meta.time_zone,
         reason: meta.reason,
         added_by: meta.added_by,
         // A hand-typed timestamp that does not parse is bookkeeping only: drop it, keep the entry.
         added_at: meta.added_at.as_deref().and_then(parse_time),
         expires_at,
-    }
+    })
 }
 
 /// RFC 3339, second precision, UTC.

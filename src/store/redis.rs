@@ -14,10 +14,12 @@ use redis::aio::ConnectionManager;
 use redis::{Client, Value};
 use tokio::time::timeout;
 
+use tracing::warn;
+
 use super::{EntryMeta, StoreError, entry_from_parts};
 use crate::config::RedisSettings;
 use crate::number::{CallerNumber, Normalizer};
-use crate::rules::{Entry, ListKind};
+use crate::rules::{Entry, ListKind, RulePattern, Tenant};
 
 /// Keys fetched per pipelined round trip.
 const BATCH: usize = 1000;
@@ -61,18 +63,35 @@ impl RedisStore {
         self.client.get_connection_info().redis_settings().db()
     }
 
-    /// Key for `number_text` on `list`.
-    pub fn key(&self, list: ListKind, number_text: &str) -> String {
-        format!("{}:{}:{}", self.prefix, list.as_str(), number_text)
+    /// Key for `rule_text` on `tenant`'s (or the global) `list`.
+    pub fn key(&self, tenant: Option<&Tenant>, list: ListKind, rule_text: &str) -> String {
+        match tenant {
+            None => format!("{}:{}:{}", self.prefix, list.as_str(), rule_text),
+            Some(t) => format!(
+                "{}:tenant:{}:{}:{}",
+                self.prefix,
+                t,
+                list.as_str(),
+                rule_text
+            ),
+        }
     }
 
-    /// Splits a key into its list and number text; `None` for keys that are not entries.
-    pub fn parse_key<'k>(&self, key: &'k str) -> Option<(ListKind, &'k str)> {
+    /// Splits a key into tenant, list and rule text; `None` for keys that are not rules
+    /// (other prefixes, bad tenant names).
+    pub fn parse_key<'k>(&self, key: &'k str) -> Option<(Option<Tenant>, ListKind, &'k str)> {
         let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
+        let (tenant, rest) = match rest.strip_prefix("tenant:") {
+            Some(scoped) => {
+                let (name, rest) = scoped.split_once(':')?;
+                (Some(Tenant::new(name).ok()?), rest)
+            }
+            None => (None, rest),
+        };
         ListKind::ALL.into_iter().find_map(|list| {
             rest.strip_prefix(list.as_str())?
                 .strip_prefix(':')
-                .map(|number| (list, number))
+                .map(|text| (tenant.clone(), list, text))
         })
     }
 
@@ -111,9 +130,13 @@ impl RedisStore {
     pub async fn put(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let now = SystemTime::now();
         for entry in entries {
-            let canonical = self.key(entry.list, &entry.number.to_string());
+            let canonical = self.key(
+                entry.tenant.as_ref(),
+                entry.list,
+                &entry.pattern.to_string(),
+            );
             let stale: Vec<String> = self
-                .spellings(entry.list, &entry.number)
+                .spellings(entry.tenant.as_ref(), entry.list, &entry.pattern)
                 .await?
                 .into_iter()
                 .filter(|k| *k != canonical)
@@ -154,16 +177,17 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Deletes every spelling of each number from `list`; returns how many numbers had one.
+    /// Removes every spelling of each rule from `tenant`'s `list`; returns how many were present.
     pub async fn remove(
         &self,
+        tenant: Option<&Tenant>,
         list: ListKind,
-        numbers: &[CallerNumber],
+        patterns: &[RulePattern],
     ) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for number in numbers {
-            let mut keys = self.spellings(list, number).await?;
-            let canonical = self.key(list, &number.to_string());
+        for pattern in patterns {
+            let mut keys = self.spellings(tenant, list, pattern).await?;
+            let canonical = self.key(tenant, list, &pattern.to_string());
             if !keys.contains(&canonical) {
                 keys.push(canonical);
             }
@@ -181,28 +205,34 @@ impl RedisStore {
         Ok(removed)
     }
 
-    /// Every key on `list` whose number normalizes to `number`. Uses the number's last digits
-    /// as a server-side MATCH filter (they appear in order in any spelling), then normalizes.
+    /// Every key of `tenant`'s `list` whose rule text means `pattern`. SCAN MATCH narrows the
+    /// search to keys holding the rule's national digits in order (its last digits, past any
+    /// country code), then each candidate is parsed and compared.
     async fn spellings(
         &self,
+        tenant: Option<&Tenant>,
         list: ListKind,
-        number: &CallerNumber,
+        pattern: &RulePattern,
     ) -> Result<Vec<String>, StoreError> {
-        let digits: Vec<char> = number
-            .to_string()
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect();
-        let tail = &digits[digits.len().saturating_sub(7)..];
-        let mut pattern = format!("{}:{}:*", glob_escape(&self.prefix), list.as_str());
-        for d in tail {
-            pattern.push(*d);
-            pattern.push('*');
+        let mut glob = glob_escape(&self.prefix);
+        glob.push(':');
+        if let Some(t) = tenant {
+            glob.push_str("tenant:");
+            glob.push_str(&glob_case_insensitive(t.as_str()));
+            glob.push(':');
+        }
+        glob.push_str(list.as_str());
+        glob.push_str(":*");
+        for d in anchor_digits(pattern) {
+            glob.push(char::from(d));
+            glob.push('*');
         }
         let mut out = Vec::new();
-        for key in self.scan(&pattern).await? {
-            if let Some((_, text)) = self.parse_key(&key)
-                && self.normalizer.normalize(text) == *number
+        for key in self.scan(&glob).await? {
+            if let Some((key_tenant, key_list, text)) = self.parse_key(&key)
+                && key_tenant.as_ref() == tenant
+                && key_list == list
+                && RulePattern::parse(text, &self.normalizer).is_ok_and(|p| p == *pattern)
             {
                 out.push(key);
             }
@@ -210,6 +240,7 @@ impl RedisStore {
         Ok(out)
     }
 
+    /// Every key matching the glob `pattern` (SCAN, so the server is never blocked).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
@@ -262,9 +293,12 @@ impl RedisStore {
 
     /// Reads the given keys; `None` for keys that are gone, are not entries or hold another type.
     pub async fn fetch(&self, keys: &[String]) -> Result<Vec<(String, Option<Entry>)>, StoreError> {
-        let wanted: Vec<(&String, ListKind, &str)> = keys
+        let wanted: Vec<(&String, Option<Tenant>, ListKind, &str)> = keys
             .iter()
-            .filter_map(|k| self.parse_key(k).map(|(list, text)| (k, list, text)))
+            .filter_map(|k| {
+                self.parse_key(k)
+                    .map(|(tenant, list, text)| (k, tenant, list, text))
+            })
             .collect();
         let mut out: Vec<(String, Option<Entry>)> = keys
             .iter()
@@ -277,13 +311,13 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         // A key of another type (someone ran HSET) must not fail the whole batch.
         pipe.ignore_errors();
-        for (key, _, _) in &wanted {
+        for (key, _, _, _) in &wanted {
             pipe.get(*key).pttl(*key);
         }
         let mut conn = self.conn.clone();
         let replies: Vec<redis::RedisResult<Value>> = self.run(pipe.query_async(&mut conn)).await?;
         let now = SystemTime::now();
-        for (i, (key, list, text)) in wanted.into_iter().enumerate() {
+        for (i, (key, tenant, list, text)) in wanted.into_iter().enumerate() {
             let value = replies.get(2 * i).and_then(|r| r.as_ref().ok());
             let ttl = replies.get(2 * i + 1).and_then(|r| r.as_ref().ok());
             let entry = match (value, ttl) {
@@ -292,13 +326,21 @@ impl RedisStore {
                         .ok()
                         .map(|ms| now + Duration::from_millis(ms));
                     let text_value = String::from_utf8_lossy(bytes);
-                    Some(entry_from_parts(
+                    match entry_from_parts(
                         &self.normalizer,
+                        tenant,
                         list,
                         text,
                         parse_value(&text_value),
                         expires_at,
-                    ))
+                    ) {
+                        Ok(entry) => Some(entry),
+                        Err(error) => {
+                            // One bad hand-typed key must not stop the other rules from loading.
+                            warn!(key = %key, %error, "ignoring unusable rule");
+                            None
+                        }
+                    }
                 }
                 _ => None,
             };
@@ -344,6 +386,39 @@ impl RedisStore {
 }
 
 /// A value is callguard's JSON when it parses as such; anything else is the reason text itself.
+/// The digits every spelling of `pattern` contains in order: its national digits (past a
+/// country code of up to 3 digits), at most 7 of them; none for ranges and words.
+fn anchor_digits(pattern: &RulePattern) -> Vec<u8> {
+    let lead: Vec<u8> = match pattern {
+        RulePattern::Exact(CallerNumber::E164(e)) => e.to_string().into_bytes().split_off(1),
+        RulePattern::Mask(mask) => mask
+            .elems
+            .iter()
+            .take_while(|s| s.count_ones() == 1)
+            .map(|s| b'0' + s.trailing_zeros() as u8)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let national = lead.get(3..).unwrap_or_default();
+    national[national.len().saturating_sub(7)..].to_vec()
+}
+
+/// `acme` -> `[aA][cC][mM][eE]`: tenant names are case-folded, hand-typed keys may not be.
+fn glob_case_insensitive(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() * 4);
+    for c in name.chars() {
+        if c.is_ascii_alphabetic() {
+            out.push('[');
+            out.push(c.to_ascii_lowercase());
+            out.push(c.to_ascii_uppercase());
+            out.push(']');
+        } else {
+            out.push_str(&glob_escape(&c.to_string()));
+        }
+    }
+    out
+}
+
 fn parse_value(value: &str) -> EntryMeta {
     if value.starts_with('{')
         && let Ok(meta) = serde_json::from_str::<EntryMeta>(value)

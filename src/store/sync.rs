@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{LocalStore, RedisStore, Store, StoreError};
-use crate::rules::{Entry, Snapshot};
+use crate::rules::{Entry, Snapshot, TimeZone};
 use crate::snapshot::SnapshotHandle;
 
 /// How the sync follows changes.
@@ -25,6 +25,8 @@ pub struct SyncOptions {
     pub configure_notifications: bool,
     /// Longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// Zone for rule schedules that name none.
+    pub time_zone: TimeZone,
 }
 
 /// Runs until `shutdown`, keeping `handle` in step with `store`.
@@ -41,9 +43,14 @@ pub async fn run(
 }
 
 /// Builds and publishes a snapshot, bumping `version`.
-fn publish(handle: &SnapshotHandle, version: &mut u64, entries: impl IntoIterator<Item = Entry>) {
+fn publish(
+    handle: &SnapshotHandle,
+    version: &mut u64,
+    zone: &TimeZone,
+    entries: impl IntoIterator<Item = Entry>,
+) {
     *version += 1;
-    let snapshot = Snapshot::compile(entries, *version);
+    let snapshot = Snapshot::compile_in(entries, *version, zone);
     let (block, allow) = (
         snapshot.len(crate::rules::ListKind::Block),
         snapshot.len(crate::rules::ListKind::Allow),
@@ -76,7 +83,7 @@ async fn run_local(
         match store.load().await {
             Ok(entries) => {
                 seen = Some(stamp);
-                publish(&handle, &mut version, entries);
+                publish(&handle, &mut version, &options.time_zone, entries);
             }
             Err(e) => {
                 // Remember the broken version so the error is logged once, not every tick.
@@ -130,7 +137,12 @@ async fn redis_session(
     for (key, entry) in full_load(store).await? {
         mirror.insert(key, entry);
     }
-    publish(handle, version, mirror.values().cloned());
+    publish(
+        handle,
+        version,
+        &options.time_zone,
+        mirror.values().cloned(),
+    );
     *backoff = Duration::from_millis(100);
     let resync_every = if notifications {
         options.full_resync_interval
@@ -181,13 +193,13 @@ async fn redis_session(
                             None => mirror.remove(&key),
                         };
                     }
-                    publish(handle, version, mirror.values().cloned());
+                    publish(handle, version, &options.time_zone, mirror.values().cloned());
                 } else {
                     next_resync = Instant::now() + resync_every;
                     let fresh: HashMap<String, Entry> = full_load(store).await?.into_iter().collect();
                     if !same_content(&fresh, &mirror) {
                         mirror = fresh;
-                        publish(handle, version, mirror.values().cloned());
+                        publish(handle, version, &options.time_zone, mirror.values().cloned());
                     }
                 }
             }
@@ -216,11 +228,7 @@ fn same_content(a: &HashMap<String, Entry>, b: &HashMap<String, Entry>) -> bool 
                     }
                     _ => false,
                 };
-                expiry_close
-                    && x.list == y.list
-                    && x.number == y.number
-                    && x.reason == y.reason
-                    && x.added_by == y.added_by
+                expiry_close && x.same_except_expiry(y)
             })
         })
 }

@@ -61,12 +61,15 @@ fn allow_list_wins_and_edits_reach_a_running_server() {
         "our lawyer"
     );
 
-    let check = cli_ok(store, &["check", "84951234567"]);
+    let check = cli_ok(store, &["check", "84951234567", "--explain"]);
     assert!(
-        check.starts_with("allow +74951234567 allow entry: \"our lawyer\""),
+        check.starts_with("allow +74951234567 by allow exact +74951234567 [global] \"our lawyer\""),
         "{check}"
     );
-    assert!(check.contains("overrides block entry"), "{check}");
+    assert!(
+        check.contains("also matched: block exact +74951234567"),
+        "{check}"
+    );
 }
 
 #[test]
@@ -96,9 +99,10 @@ fn reason_text_cannot_inject_agi_commands() {
     let server = Server::start(store, &[]);
     let call = agi_call(server.agi, "84951234567");
     assert_eq!(call.verdict(), "block");
+    // Five variables and one EXEC Hangup: the reason's newlines did not add a line.
     assert_eq!(
         call.commands.len(),
-        4,
+        6,
         "one line per command: {:?}",
         call.commands
     );
@@ -174,7 +178,8 @@ fn caller_hangup_mid_session_sets_variables_but_does_not_hang_up_again() {
     let server = Server::start(store, &[]);
     // Dead channel: SET VARIABLE still works (Asterisk allows it), so the h extension sees it.
     let commands = call_with_early_hangup(server.agi, b"200 result=1\n");
-    assert_eq!(commands.len(), 3, "{commands:?}");
+    // VERDICT, REASON, NUMBER, RULE, ACTION; no EXEC Hangup on a channel already gone.
+    assert_eq!(commands.len(), 5, "{commands:?}");
     assert!(
         commands[0].starts_with("SET VARIABLE CALLGUARD_VERDICT"),
         "{commands:?}"

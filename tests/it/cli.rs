@@ -127,7 +127,7 @@ fn print_config_shows_effective_values_and_round_trips() {
         .arg("--config")
         .arg(&config)
         .args(["serve", "--agi-listen", "127.0.0.1:1", "--print-config"])
-        .env("CALLGUARD_AGI__HANGUP_CAUSE", "17")
+        .env("CALLGUARD_RULES__DEFAULT_ACTION", "hangup 17")
         .output()
         .expect("run");
     assert!(
@@ -139,7 +139,7 @@ fn print_config_shows_effective_values_and_round_trips() {
     for expected in [
         "default_country = \"UA\"",
         "on_block = \"dialplan\"",
-        "hangup_cause = 17",
+        "default_action = \"hangup 17\"",
         "listen = \"127.0.0.1:1\"",
     ] {
         assert!(

@@ -4,4 +4,5 @@
 mod agi;
 mod cli;
 mod redis_store;
+mod rules;
 mod support;

@@ -199,6 +199,10 @@ pub struct AgiOutcome {
     pub hangup_cause: Option<String>,
     /// Every command line received.
     pub commands: Vec<String>,
+    /// `EXEC` applications with their argument, in order (`Hangup 21`, `Busy 10`...).
+    pub execs: Vec<String>,
+    /// Values of `SET CONTEXT`, `SET EXTENSION`, `SET PRIORITY`, in order.
+    pub location: Vec<String>,
 }
 
 impl AgiOutcome {
@@ -212,6 +216,13 @@ impl AgiOutcome {
 
 /// The environment block of a captured call, with `agi_callerid` replaced.
 pub fn env_block(fixture_name: &str, caller_id: &str) -> Vec<u8> {
+    env_block_with(fixture_name, &[("agi_callerid", caller_id)])
+}
+
+/// The environment block of a captured call with some variables replaced (in place, keeping
+/// Asterisk's order) and unknown ones (`agi_arg_1`...) appended after the last one, where
+/// Asterisk puts arguments.
+pub fn env_block_with(fixture_name: &str, vars: &[(&str, &str)]) -> Vec<u8> {
     let raw = fixture(&format!("asterisk/{fixture_name}"));
     let end = raw
         .windows(2)
@@ -220,11 +231,24 @@ pub fn env_block(fixture_name: &str, caller_id: &str) -> Vec<u8> {
         + 2;
     let text = String::from_utf8_lossy(&raw[..end]);
     let mut out = String::new();
+    let mut used = vec![false; vars.len()];
     for line in text.split_inclusive('\n') {
-        if line.starts_with("agi_callerid: ") {
-            out.push_str(&format!("agi_callerid: {caller_id}\n"));
-        } else {
-            out.push_str(line);
+        if line == "\n" {
+            for (i, (name, value)) in vars.iter().enumerate() {
+                if !used[i] {
+                    out.push_str(&format!("{name}: {value}\n"));
+                }
+            }
+            out.push('\n');
+            continue;
+        }
+        let name = line.split(": ").next().unwrap_or("");
+        match vars.iter().position(|(n, _)| *n == name) {
+            Some(i) => {
+                used[i] = true;
+                out.push_str(&format!("{name}: {}\n", vars[i].1));
+            }
+            None => out.push_str(line),
         }
     }
     out.into_bytes()
@@ -233,7 +257,13 @@ pub fn env_block(fixture_name: &str, caller_id: &str) -> Vec<u8> {
 /// Plays Asterisk for one call: sends the env block (in two segments, as Asterisk does),
 /// answers each command as Asterisk 22 does, sends the unsolicited HANGUP after a hang-up.
 pub fn agi_call(addr: SocketAddr, caller_id: &str) -> AgiOutcome {
-    let env = env_block("env_sip_84951234567.rx.raw", caller_id);
+    agi_call_with(addr, &[("agi_callerid", caller_id)])
+}
+
+/// [`agi_call`] with some environment variables replaced or added (`agi_request`,
+/// `agi_dnid`, `agi_arg_1`...).
+pub fn agi_call_with(addr: SocketAddr, vars: &[(&str, &str)]) -> AgiOutcome {
+    let env = env_block_with("env_sip_84951234567.rx.raw", vars);
     let mut s = TcpStream::connect(addr).expect("connect to callguard");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
@@ -252,14 +282,30 @@ pub fn agi_call(addr: SocketAddr, caller_id: &str) -> AgiOutcome {
         let line = line.trim_end_matches('\n').to_owned();
         outcome.commands.push(line.clone());
         let words = asterisk_args(&line);
-        let reply: &[u8] = match words.first().map(String::as_str) {
-            Some("SET") if words.len() == 4 => {
+        let word = |i: usize| words.get(i).map_or("", String::as_str);
+        // Replies as the Asterisk 22 captures show them: SET VARIABLE -> result=1; SET
+        // CONTEXT/EXTENSION/PRIORITY and a finished Playback -> result=0; an application that
+        // hangs the channel up (Hangup, and Busy/Congestion after their timeout) -> result=-1
+        // followed by the unsolicited HANGUP.
+        let reply: &[u8] = match (word(0), word(1)) {
+            ("SET", "VARIABLE") if words.len() == 4 => {
                 outcome.vars.insert(words[2].clone(), words[3].clone());
                 b"200 result=1\n"
             }
-            Some("EXEC") if words.get(1).map(String::as_str) == Some("Hangup") => {
-                outcome.hangup_cause = words.get(2).cloned();
+            ("SET", "CONTEXT" | "EXTENSION" | "PRIORITY") if words.len() == 3 => {
+                outcome.location.push(words[2].clone());
+                b"200 result=0\n"
+            }
+            ("EXEC", app @ ("Hangup" | "Busy" | "Congestion")) => {
+                outcome.execs.push(format!("{app} {}", word(2)));
+                if app == "Hangup" {
+                    outcome.hangup_cause = words.get(2).cloned();
+                }
                 b"200 result=-1\nHANGUP\n"
+            }
+            ("EXEC", "Playback") => {
+                outcome.execs.push(format!("Playback {}", word(2)));
+                b"200 result=0\n"
             }
             _ => b"510 Invalid or unknown command\n",
         };
