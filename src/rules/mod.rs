@@ -935,4 +935,147 @@ mod tests {
         assert!(outcome.decided_by.is_none());
         assert!(!outcome.is_block());
     }
+
+    mod agrees_with_naive {
+        use super::*;
+        use proptest::prelude::*;
+
+        const TENANTS: [&str; 2] = ["a", "b"];
+        const DIDS: [&str; 2] = ["+74951112233", "+74951112244"];
+
+        fn digits4() -> impl Strategy<Value = String> {
+            proptest::collection::vec(prop_oneof![Just('0'), Just('1'), Just('2')], 4)
+                .prop_map(|d| d.into_iter().collect())
+        }
+
+        fn pattern_text() -> impl Strategy<Value = String> {
+            let elem = prop_oneof![
+                Just("0".to_owned()),
+                Just("1".to_owned()),
+                Just("2".to_owned()),
+                Just("X".to_owned()),
+                Just("[01]".to_owned()),
+            ];
+            prop_oneof![
+                digits4().prop_map(|d| format!("+7495123{d}")),
+                (0usize..4).prop_flat_map(|k| {
+                    proptest::collection::vec(prop_oneof![Just('0'), Just('1'), Just('2')], k)
+                        .prop_map(|d| format!("+7495123{}*", d.into_iter().collect::<String>()))
+                }),
+                proptest::collection::vec(elem, 4).prop_map(|e| format!("+7495123{}", e.concat())),
+                (digits4(), digits4()).prop_map(|(a, b)| {
+                    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+                    format!("+7495123{lo}-+7495123{hi}")
+                }),
+                Just("anonymous".to_owned()),
+                Just("invalid".to_owned()),
+                Just("invalid:spam".to_owned()),
+            ]
+        }
+
+        fn entry() -> impl Strategy<Value = Entry> {
+            (
+                any::<bool>(),
+                proptest::option::of(0usize..2),
+                proptest::collection::vec(0usize..2, 0..3),
+                pattern_text(),
+                0u8..4,
+            )
+                .prop_map(|(allow, tenant, dids, text, life)| {
+                    let n = Normalizer::default();
+                    let list = if allow {
+                        ListKind::Allow
+                    } else {
+                        ListKind::Block
+                    };
+                    let mut e = Entry::new(list, RulePattern::parse(&text, &n).expect("pattern"));
+                    e.tenant = tenant.map(|t| Tenant::new(TENANTS[t]).expect("tenant"));
+                    let mut dids: Vec<CallerNumber> =
+                        dids.into_iter().map(|d| n.normalize(DIDS[d])).collect();
+                    dids.sort();
+                    dids.dedup();
+                    e.dids = dids;
+                    // One in four has already expired; one in four expires later.
+                    e.expires_at = match life {
+                        0 => Some(t0() - std::time::Duration::from_secs(1)),
+                        1 => Some(t0() + std::time::Duration::from_secs(60)),
+                        _ => None,
+                    };
+                    e
+                })
+        }
+
+        fn level_of(e: &Entry, facts: &CallFacts<'_>) -> Option<ScopeLevel> {
+            let did_ok = |e: &Entry| facts.did.is_some_and(|d| e.dids.contains(d));
+            match (&e.tenant, e.dids.is_empty()) {
+                (Some(t), false) if facts.tenant == Some(t) && did_ok(e) => {
+                    Some(ScopeLevel::TenantDid)
+                }
+                (Some(t), true) if facts.tenant == Some(t) => Some(ScopeLevel::Tenant),
+                (None, false) if did_ok(e) => Some(ScopeLevel::GlobalDid),
+                (None, true) => Some(ScopeLevel::Global),
+                _ => None,
+            }
+        }
+
+        /// The documented precedence, rule by rule, over the merged entries.
+        fn naive<'e>(entries: &'e [Entry], facts: &CallFacts<'_>) -> Option<&'e Entry> {
+            entries
+                .iter()
+                .filter(|e| e.is_live(t0()) && e.pattern.matches(facts.number))
+                .filter_map(|e| level_of(e, facts).map(|l| (l, e)))
+                .min_by(|(la, a), (lb, b)| {
+                    let key = |e: &Entry| {
+                        let text = match e.pattern {
+                            RulePattern::Exact(_) => String::new(),
+                            ref p => p.to_string(),
+                        };
+                        (e.pattern.breadth(), e.list == ListKind::Block, text)
+                    };
+                    (la, key(a)).cmp(&(lb, key(b)))
+                })
+                .map(|(_, e)| e)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(200))]
+            #[test]
+            fn compiled_snapshot_decides_like_the_naive_matcher(
+                entries in proptest::collection::vec(entry(), 1..25),
+                calls in proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            digits4().prop_map(|d| format!("+7495123{d}")),
+                            Just("anonymous".to_owned()),
+                            Just("SPAM".to_owned()),
+                            Just("EGGS".to_owned()),
+                        ],
+                        proptest::option::of(0usize..2),
+                        proptest::option::of(0usize..2),
+                    ),
+                    1..12,
+                ),
+            ) {
+                let snap = Snapshot::compile(entries.clone(), 1);
+                // The merge the snapshot does: one entry per key, the longest-lived.
+                let merged: Vec<Entry> = snap.entries().cloned().collect();
+                let n = Normalizer::default();
+                for (number, tenant, did) in calls {
+                    let number = n.normalize(&number);
+                    let tenant = tenant.map(|t| Tenant::new(TENANTS[t]).expect("tenant"));
+                    let did = did.map(|d| n.normalize(DIDS[d]));
+                    let facts = CallFacts { number: &number, tenant: tenant.as_ref(), did: did.as_ref() };
+                    let got = decide(facts, &snap, t0()).decided_by.map(|e| e.key());
+                    let want = naive(&merged, &facts).map(|e| e.key());
+                    prop_assert_eq!(got, want, "call {} tenant {:?} did {:?}", number, tenant, did);
+                    let explained = explain(facts, &snap, t0());
+                    let all = merged
+                        .iter()
+                        .filter(|e| e.pattern.matches(&number) && level_of(e, &facts).is_some())
+                        .count();
+                    prop_assert_eq!(explained.len(), all);
+                }
+            }
+        }
+    }
 }

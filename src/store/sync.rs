@@ -42,15 +42,27 @@ pub async fn run(
     }
 }
 
-/// Builds and publishes a snapshot, bumping `version`.
-fn publish(
+/// Builds and publishes a snapshot, bumping `version`. The compile runs on the blocking pool:
+/// a big list takes seconds, and the runtime's workers must keep serving calls meanwhile
+/// (they read the previous snapshot until the swap).
+async fn publish(
     handle: &SnapshotHandle,
     version: &mut u64,
     zone: &TimeZone,
     entries: impl IntoIterator<Item = Entry>,
 ) {
     *version += 1;
-    let snapshot = Snapshot::compile_in(entries, *version, zone);
+    let entries: Vec<Entry> = entries.into_iter().collect();
+    let (v, zone) = (*version, zone.clone());
+    let compiled =
+        tokio::task::spawn_blocking(move || Snapshot::compile_in(entries, v, &zone)).await;
+    let snapshot = match compiled {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            warn!(%error, "snapshot compile failed; keeping the previous snapshot");
+            return;
+        }
+    };
     let (block, allow) = (
         snapshot.len(crate::rules::ListKind::Block),
         snapshot.len(crate::rules::ListKind::Allow),
@@ -83,7 +95,7 @@ async fn run_local(
         match store.load().await {
             Ok(entries) => {
                 seen = Some(stamp);
-                publish(&handle, &mut version, &options.time_zone, entries);
+                publish(&handle, &mut version, &options.time_zone, entries).await;
             }
             Err(e) => {
                 // Remember the broken version so the error is logged once, not every tick.
@@ -142,7 +154,8 @@ async fn redis_session(
         version,
         &options.time_zone,
         mirror.values().cloned(),
-    );
+    )
+    .await;
     *backoff = Duration::from_millis(100);
     let resync_every = if notifications {
         options.full_resync_interval
@@ -193,13 +206,13 @@ async fn redis_session(
                             None => mirror.remove(&key),
                         };
                     }
-                    publish(handle, version, &options.time_zone, mirror.values().cloned());
+                    publish(handle, version, &options.time_zone, mirror.values().cloned()).await;
                 } else {
                     next_resync = Instant::now() + resync_every;
                     let fresh: HashMap<String, Entry> = full_load(store).await?.into_iter().collect();
                     if !same_content(&fresh, &mirror) {
                         mirror = fresh;
-                        publish(handle, version, &options.time_zone, mirror.values().cloned());
+                        publish(handle, version, &options.time_zone, mirror.values().cloned()).await;
                     }
                 }
             }
