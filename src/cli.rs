@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// FastAGI listen address (default 127.0.0.1:4573).
     #[arg(long, value_name = "ADDR")]
     pub agi_listen: Option<String>,
+    /// FreeSWITCH Event Socket (outbound mode) listen address (default 127.0.0.1:8084; `off`).
+    #[arg(long, value_name = "ADDR")]
+    pub esl_listen: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -168,7 +171,10 @@ impl Cli {
             ..Overrides::default()
         };
         match &self.command {
-            Command::Serve(args) => overrides.agi_listen = args.agi_listen.clone(),
+            Command::Serve(args) => {
+                overrides.agi_listen = args.agi_listen.clone();
+                overrides.esl_listen = args.esl_listen.clone();
+            }
             Command::Normalize { country, .. } => overrides.default_country = country.clone(),
             _ => {}
         }

@@ -53,6 +53,8 @@ pub struct Config {
     pub dids: std::collections::BTreeMap<String, String>,
     /// FastAGI server.
     pub agi: AgiSettings,
+    /// FreeSWITCH Event Socket (outbound mode) server.
+    pub esl: EslSettings,
     /// Redis store.
     pub redis: RedisSettings,
     /// Embedded store.
@@ -69,6 +71,7 @@ impl Default for Config {
             rules: RulesSettings::default(),
             dids: std::collections::BTreeMap::new(),
             agi: AgiSettings::default(),
+            esl: EslSettings::default(),
             redis: RedisSettings::default(),
             local: LocalSettings::default(),
         }
@@ -134,6 +137,47 @@ impl Default for AgiSettings {
             max_connections: 4_096,
             max_line_bytes: 8_192,
         }
+    }
+}
+
+/// `[esl]`: the FreeSWITCH Event Socket server for the dialplan `socket` application.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EslSettings {
+    /// Listen address, or `off` to run without it.
+    pub listen: String,
+    /// `hangup` (carry out the rule's action) or `dialplan` (only set variables, then resume).
+    pub on_block: OnBlock,
+    /// Longest wait for FreeSWITCH's reply to `connect` (the channel data), in ms.
+    pub read_timeout_ms: u64,
+    /// Longest wait for the reply to one command, in ms.
+    pub reply_timeout_ms: u64,
+    /// Longest wait for an executed application (`set`, `transfer`) to complete, in ms.
+    pub execute_timeout_ms: u64,
+    /// Longest wait for a `playback` action to finish before hanging up, in ms.
+    pub playback_timeout_ms: u64,
+    /// Most simultaneous sessions; more wait in the accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for EslSettings {
+    fn default() -> Self {
+        EslSettings {
+            listen: "127.0.0.1:8084".into(),
+            on_block: OnBlock::Hangup,
+            read_timeout_ms: 2_000,
+            reply_timeout_ms: 2_000,
+            execute_timeout_ms: 2_000,
+            playback_timeout_ms: 60_000,
+            max_connections: 4_096,
+        }
+    }
+}
+
+impl EslSettings {
+    /// The address to listen on, `None` when `listen = "off"`.
+    pub fn listen_addr(&self) -> Option<&str> {
+        (!self.listen.trim().eq_ignore_ascii_case("off")).then_some(self.listen.trim())
     }
 }
 
@@ -205,6 +249,8 @@ pub struct Overrides {
     pub store: Option<String>,
     /// `--agi-listen`.
     pub agi_listen: Option<String>,
+    /// `--esl-listen`.
+    pub esl_listen: Option<String>,
     /// `--country` (where a subcommand takes it).
     pub default_country: Option<String>,
 }
@@ -248,6 +294,7 @@ impl Config {
         builder = builder
             .set_override_option("store", overrides.store.clone())?
             .set_override_option("agi.listen", overrides.agi_listen.clone())?
+            .set_override_option("esl.listen", overrides.esl_listen.clone())?
             .set_override_option("default_country", overrides.default_country.clone())?;
         let config: Config = builder.build()?.try_deserialize()?;
         config.validate()?;
@@ -279,6 +326,17 @@ impl Config {
         self.default_action()?;
         self.time_zone()?;
         self.did_tenants()?;
+        if let Some(addr) = self.esl.listen_addr()
+            && let Err(e) = addr.parse::<SocketAddr>()
+        {
+            return invalid(
+                "esl.listen",
+                format!("{addr:?} is not an address:port or \"off\" ({e})"),
+            );
+        }
+        if self.esl.max_connections == 0 {
+            return invalid("esl.max_connections", "must be at least 1".into());
+        }
         if self.agi.max_connections == 0 {
             return invalid("agi.max_connections", "must be at least 1".into());
         }
@@ -288,6 +346,10 @@ impl Config {
         let positive = [
             ("agi.read_timeout_ms", self.agi.read_timeout_ms),
             ("agi.reply_timeout_ms", self.agi.reply_timeout_ms),
+            ("esl.read_timeout_ms", self.esl.read_timeout_ms),
+            ("esl.reply_timeout_ms", self.esl.reply_timeout_ms),
+            ("esl.execute_timeout_ms", self.esl.execute_timeout_ms),
+            ("esl.playback_timeout_ms", self.esl.playback_timeout_ms),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.op_timeout_ms", self.redis.op_timeout_ms),
             ("redis.poll_interval_ms", self.redis.poll_interval_ms),
@@ -426,6 +488,7 @@ mod tests {
         assert_eq!(config.store, "/tmp/a.toml");
         let flags = Overrides {
             agi_listen: Some("127.0.0.1:3".into()),
+            esl_listen: None,
             store: Some("redis://127.0.0.1:7777/0".into()),
             default_country: None,
         };

@@ -17,6 +17,7 @@ pub mod call;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod esl;
 pub mod lastcall;
 pub mod listener;
 pub mod number;

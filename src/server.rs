@@ -11,6 +11,7 @@ use crate::agi::codec::Limits;
 use crate::agi::session::{self, AgiContext, SessionSettings};
 use crate::config::{Config, OnBlock};
 use crate::engine::{Engine, EngineSettings};
+use crate::esl::outbound::{self, EslSessionSettings};
 use crate::lastcall::LastCallers;
 use crate::snapshot::SnapshotHandle;
 use crate::store::sync::{self, SyncOptions};
@@ -68,22 +69,33 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             did_tenants: Arc::new(config.did_tenants()?),
         },
     );
+    let esl_engine = engine.clone();
     let context = AgiContext {
         engine,
         last_callers: LastCallers::default(),
         store,
     };
-    let listener = TcpListener::bind(&config.agi.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: config.agi.listen.clone(),
-            source,
-        })?;
-    let local = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.agi.listen.clone(),
-        source,
-    })?;
-    info!(agi = %local, store = %config.store, "callguard listening");
+    let bind = |addr: String| async move {
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok::<_, ServeError>((listener, local))
+    };
+    let (agi_listener, agi_local) = bind(config.agi.listen.clone()).await?;
+    let esl = match config.esl.listen_addr() {
+        Some(addr) => Some(bind(addr.to_owned()).await?),
+        None => None,
+    };
+    let esl_shown = esl
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |(_, local)| local.to_string());
+    info!(agi = %agi_local, esl = %esl_shown, store = %config.store, "callguard listening");
 
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -101,14 +113,36 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         },
         act_on_block: config.agi.on_block == OnBlock::Hangup,
     };
-    crate::listener::serve(
-        listener,
+    let agi = crate::listener::serve(
+        agi_listener,
         config.agi.max_connections,
         Duration::from_secs(5),
         shutdown.clone(),
         move |stream, peer| session::run(stream, peer, context.clone(), settings),
-    )
-    .await;
+    );
+    let esl_settings = EslSessionSettings {
+        read_timeout: Duration::from_millis(config.esl.read_timeout_ms),
+        reply_timeout: Duration::from_millis(config.esl.reply_timeout_ms),
+        execute_timeout: Duration::from_millis(config.esl.execute_timeout_ms),
+        playback_timeout: Duration::from_millis(config.esl.playback_timeout_ms),
+        limits: crate::esl::codec::Limits::default(),
+        act_on_block: config.esl.on_block == OnBlock::Hangup,
+    };
+    let esl_max = config.esl.max_connections;
+    let esl_shutdown = shutdown.clone();
+    let esl = async move {
+        if let Some((listener, _)) = esl {
+            crate::listener::serve(
+                listener,
+                esl_max,
+                Duration::from_secs(5),
+                esl_shutdown,
+                move |stream, peer| outbound::run(stream, peer, esl_engine.clone(), esl_settings),
+            )
+            .await;
+        }
+    };
+    tokio::join!(agi, esl);
     if let Err(e) = sync_task.await {
         warn!(error = %e, "store sync task failed");
     }

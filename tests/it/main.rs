@@ -3,6 +3,7 @@
 
 mod agi;
 mod cli;
+mod esl;
 mod redis_store;
 mod rules;
 mod support;

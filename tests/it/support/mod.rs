@@ -112,15 +112,26 @@ pub struct Server {
     child: Child,
     /// Where it accepts FastAGI.
     pub agi: SocketAddr,
+    /// Where it accepts FreeSWITCH's `socket` app (None when `esl.listen = "off"`).
+    pub esl: Option<SocketAddr>,
     logs: mpsc::Receiver<String>,
 }
 
 impl Server {
-    /// Starts `callguard --store STORE serve --agi-listen 127.0.0.1:0` with `extra` env vars
+    /// Starts `callguard --store STORE serve --agi-listen 127.0.0.1:0 --esl-listen 127.0.0.1:0`
+    /// with `extra` env vars
     /// and waits for its "listening" line and first snapshot.
     pub fn start(store: &str, extra_env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(bin())
-            .args(["--store", store, "serve", "--agi-listen", "127.0.0.1:0"])
+            .args([
+                "--store",
+                store,
+                "serve",
+                "--agi-listen",
+                "127.0.0.1:0",
+                "--esl-listen",
+                "127.0.0.1:0",
+            ])
             .env("RUST_LOG", "info")
             .envs(extra_env.iter().copied())
             .stdout(Stdio::null())
@@ -137,6 +148,7 @@ impl Server {
             }
         });
         let mut agi = None;
+        let mut esl = None;
         let mut ready = false;
         let deadline = Instant::now() + Duration::from_secs(20);
         while agi.is_none() || !ready {
@@ -147,11 +159,15 @@ impl Server {
             if let Some(rest) = line.split("agi=").nth(1) {
                 agi = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
+            if let Some(rest) = line.split("esl=").nth(1) {
+                esl = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
             ready |= line.contains("snapshot published");
         }
         Server {
             child,
             agi: agi.expect("agi address"),
+            esl,
             logs: rx,
         }
     }

@@ -1,0 +1,422 @@
+//! One outbound Event Socket session: FreeSWITCH's `socket` application connected to us.
+//! `connect` -> channel data -> decide -> `set` the variables -> carry out the action, or
+//! `resume` the dialplan. I/O glue only: bytes go through [`super::codec`], the decision
+//! through [`Engine`]. Every accepted socket ends with a verdict and a `resume` or a hang-up
+//! whenever FreeSWITCH is still there, because a socket that just closes leaves the caller
+//! parked in silence.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout_at};
+use tracing::{debug, warn};
+
+use super::codec::{self, CodecError, Limits, Message};
+use crate::call::{CallEvent, Decision, Presentation, Protocol, Verdict};
+use crate::engine::Engine;
+use crate::rules::RuleAction;
+use crate::rules::action::CAUSE_NORMAL_CLEARING;
+
+/// Session timing and size settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EslSessionSettings {
+    /// Longest wait for the channel data after `connect`.
+    pub read_timeout: Duration,
+    /// Longest wait for the reply to one command.
+    pub reply_timeout: Duration,
+    /// Longest wait for an executed application to complete.
+    pub execute_timeout: Duration,
+    /// Longest wait for a `playback` action.
+    pub playback_timeout: Duration,
+    /// Byte caps.
+    pub limits: Limits,
+    /// Carry out block actions; false only sets the variables and resumes.
+    pub act_on_block: bool,
+}
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EslSessionError {
+    /// Socket error.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// FreeSWITCH sent bytes that are not ESL.
+    #[error("protocol: {0}")]
+    Codec(#[from] CodecError),
+    /// No message in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// FreeSWITCH closed the connection.
+    #[error("peer closed the connection while we waited for {0}")]
+    Closed(&'static str),
+    /// FreeSWITCH refused a command.
+    #[error("{command} refused: {reply}")]
+    Refused {
+        /// The command's first line.
+        command: String,
+        /// FreeSWITCH's Reply-Text.
+        reply: String,
+    },
+}
+
+/// Runs one session to its end; never panics on peer input, always closes the socket.
+pub async fn run(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    engine: Engine,
+    settings: EslSessionSettings,
+) {
+    let mut conn = Conn {
+        buf: Vec::with_capacity(8192),
+        settings,
+        events: VecDeque::new(),
+        hung_up: false,
+    };
+    if let Err(e) = conn.session(&mut stream, peer, &engine).await {
+        warn!(%peer, error = %e, "esl session ended early");
+    }
+    let _shutdown_result = stream.shutdown().await;
+}
+
+struct Conn {
+    buf: Vec<u8>,
+    settings: EslSessionSettings,
+    /// Events that arrived while waiting for a command reply.
+    events: VecDeque<Message>,
+    /// FreeSWITCH reported the channel gone (CHANNEL_HANGUP or a disconnect notice).
+    hung_up: bool,
+}
+
+impl Conn {
+    async fn session(
+        &mut self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        engine: &Engine,
+    ) -> Result<(), EslSessionError> {
+        let mut out = Vec::with_capacity(512);
+        codec::encode_connect(&mut out);
+        stream.write_all(&out).await?;
+        let deadline = Instant::now() + self.settings.read_timeout;
+        let data = self.reply(stream, deadline, "the channel data").await?;
+        if !data.is_ok_reply() {
+            return Err(EslSessionError::Refused {
+                command: "connect".into(),
+                reply: data.reply_text().unwrap_or("").to_owned(),
+            });
+        }
+        let call = call_from_channel(&data, peer);
+        let decision = engine.decide(&call);
+
+        // Events tell us when our `set` has run, so `resume` cannot overtake it.
+        out.clear();
+        codec::encode_myevents(&mut out);
+        let events_on = self.command(stream, &out, "myevents").await.is_ok();
+
+        let vars = decision_variables(&decision);
+        let mut last_uuid = None;
+        for (i, (name, value)) in vars.iter().enumerate() {
+            let last = i + 1 == vars.len();
+            let uuid = (last && events_on).then(event_uuid);
+            out.clear();
+            codec::encode_sendmsg_execute(
+                &mut out,
+                None,
+                "set",
+                &format!("{name}={}", codec::defuse_expansion(value)),
+                uuid.as_deref(),
+                last,
+            );
+            self.command(stream, &out, "sendmsg set").await?;
+            last_uuid = uuid;
+        }
+        if let Some(uuid) = last_uuid {
+            self.wait_executed(stream, &uuid, self.settings.execute_timeout)
+                .await?;
+        }
+        if self.hung_up {
+            return Ok(());
+        }
+        let act = decision.verdict == Verdict::Block && self.settings.act_on_block;
+        match decision.action.as_ref().filter(|_| act) {
+            Some(RuleAction::Hangup { cause }) => {
+                self.hangup(stream, codec::hangup_cause_name(*cause)).await
+            }
+            Some(RuleAction::Busy) => self.hangup(stream, "USER_BUSY").await,
+            Some(RuleAction::Congestion) => self.hangup(stream, "NORMAL_CIRCUIT_CONGESTION").await,
+            Some(RuleAction::Playback { sound }) => {
+                let timeout = self.settings.playback_timeout;
+                self.execute(stream, "playback", sound, timeout, events_on)
+                    .await?;
+                if self.hung_up {
+                    return Ok(());
+                }
+                self.hangup(stream, codec::hangup_cause_name(CAUSE_NORMAL_CLEARING))
+                    .await
+            }
+            Some(RuleAction::Redirect { context, exten, .. }) => {
+                // `transfer` moves the channel to the new extension; once the socket app
+                // ends, the dialplan runs there.
+                let timeout = self.settings.execute_timeout;
+                let arg = format!("{exten} XML {context}");
+                self.execute(stream, "transfer", &arg, timeout, events_on)
+                    .await?;
+                self.exit(stream).await
+            }
+            Some(RuleAction::Tag) | None => {
+                out.clear();
+                codec::encode_resume(&mut out);
+                self.command(stream, &out, "resume").await?;
+                self.exit(stream).await
+            }
+        }
+    }
+
+    /// Runs an application and, with events on, waits until it has completed.
+    async fn execute(
+        &mut self,
+        stream: &mut TcpStream,
+        app: &str,
+        arg: &str,
+        timeout: Duration,
+        events_on: bool,
+    ) -> Result<(), EslSessionError> {
+        let uuid = events_on.then(event_uuid);
+        let mut out = Vec::with_capacity(256);
+        codec::encode_sendmsg_execute(&mut out, None, app, arg, uuid.as_deref(), true);
+        self.command(stream, &out, "sendmsg execute").await?;
+        if let Some(uuid) = uuid {
+            self.wait_executed(stream, &uuid, timeout).await?;
+        }
+        Ok(())
+    }
+
+    async fn hangup(&mut self, stream: &mut TcpStream, cause: &str) -> Result<(), EslSessionError> {
+        let mut out = Vec::with_capacity(128);
+        codec::encode_sendmsg_hangup(&mut out, None, cause);
+        self.command(stream, &out, "sendmsg hangup").await?;
+        Ok(())
+    }
+
+    async fn exit(&mut self, stream: &mut TcpStream) -> Result<(), EslSessionError> {
+        let mut out = Vec::with_capacity(16);
+        codec::encode_exit(&mut out);
+        // FreeSWITCH answers `+OK bye` and closes; a channel already gone may close first.
+        match self.command(stream, &out, "exit").await {
+            Ok(_) | Err(EslSessionError::Closed(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends one command and returns its reply, keeping events that arrive meanwhile.
+    async fn command(
+        &mut self,
+        stream: &mut TcpStream,
+        line: &[u8],
+        what: &'static str,
+    ) -> Result<Message, EslSessionError> {
+        stream.write_all(line).await?;
+        let deadline = Instant::now() + self.settings.reply_timeout;
+        let reply = self.reply(stream, deadline, what).await?;
+        if reply.is_ok_reply() || reply.content_type() == Some("api/response") {
+            Ok(reply)
+        } else {
+            let first = String::from_utf8_lossy(line.split(|&b| b == b'\n').next().unwrap_or(b""))
+                .into_owned();
+            Err(EslSessionError::Refused {
+                command: first,
+                reply: reply.reply_text().unwrap_or("").to_owned(),
+            })
+        }
+    }
+
+    /// Reads until a `command/reply` or `api/response`, queueing events on the way.
+    async fn reply(
+        &mut self,
+        stream: &mut TcpStream,
+        deadline: Instant,
+        what: &'static str,
+    ) -> Result<Message, EslSessionError> {
+        loop {
+            let message = self.next_message(stream, deadline, what).await?;
+            match message.content_type() {
+                Some("command/reply" | "api/response") => return Ok(message),
+                _ => {
+                    self.note(message);
+                }
+            }
+        }
+    }
+
+    /// Waits for the CHANNEL_EXECUTE_COMPLETE of the application sent with `uuid`. A timeout or
+    /// a hang-up is not an error: the call must still get its resume or hang-up.
+    async fn wait_executed(
+        &mut self,
+        stream: &mut TcpStream,
+        uuid: &str,
+        timeout: Duration,
+    ) -> Result<(), EslSessionError> {
+        let done = |m: &Message| {
+            m.get("Event-Name") == Some("CHANNEL_EXECUTE_COMPLETE")
+                && m.get("Application-UUID") == Some(uuid)
+        };
+        if self.events.iter().any(done) {
+            self.events.clear();
+            return Ok(());
+        }
+        self.events.clear();
+        let deadline = Instant::now() + timeout;
+        while !self.hung_up {
+            match self
+                .next_message(stream, deadline, "an execute-complete event")
+                .await
+            {
+                Ok(message) => {
+                    if let Some(event) = self.note(message)
+                        && done(&event)
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(EslSessionError::Timeout(what)) => {
+                    warn!(
+                        what,
+                        uuid, "esl: application did not complete in time; going on"
+                    );
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what a non-reply message means; returns it when it is an event.
+    fn note(&mut self, message: Message) -> Option<Message> {
+        match message.content_type() {
+            Some("text/event-plain") => {
+                let event = message
+                    .body()
+                    .and_then(|b| codec::decode_event(b, &self.settings.limits).ok())?;
+                if matches!(
+                    event.get("Event-Name"),
+                    Some("CHANNEL_HANGUP" | "CHANNEL_HANGUP_COMPLETE")
+                ) {
+                    self.hung_up = true;
+                }
+                self.events.push_back(event.clone());
+                // Bounded: only the newest few matter for the wait in progress.
+                while self.events.len() > 64 {
+                    self.events.pop_front();
+                }
+                Some(event)
+            }
+            Some("text/disconnect-notice") => {
+                self.hung_up = true;
+                None
+            }
+            other => {
+                debug!(content_type = ?other, "esl: ignoring message");
+                None
+            }
+        }
+    }
+
+    async fn next_message(
+        &mut self,
+        stream: &mut TcpStream,
+        deadline: Instant,
+        what: &'static str,
+    ) -> Result<Message, EslSessionError> {
+        loop {
+            if let Some((message, used)) = codec::decode_message(&self.buf, &self.settings.limits)?
+            {
+                self.buf.drain(..used);
+                return Ok(message);
+            }
+            match timeout_at(deadline, stream.read_buf(&mut self.buf)).await {
+                Err(_elapsed) => return Err(EslSessionError::Timeout(what)),
+                Ok(Ok(0)) => return Err(EslSessionError::Closed(what)),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Channel variables for a decision (FreeSWITCH spells them in lower case), in the order they
+/// are set; the first three always, the others when they have a value.
+pub fn decision_variables(decision: &Decision) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        ("callguard_verdict", decision.verdict.as_str().to_owned()),
+        ("callguard_reason", decision.reason.clone()),
+        ("callguard_number", decision.number.to_string()),
+    ];
+    if !decision.rule.is_empty() {
+        vars.push(("callguard_rule", decision.rule.clone()));
+    }
+    if let Some(action) = &decision.action {
+        vars.push(("callguard_action", action.to_string()));
+    }
+    if let Some(tenant) = &decision.tenant {
+        vars.push(("callguard_tenant", tenant.to_string()));
+    }
+    vars
+}
+
+/// A unique id for one executed application, so its completion event can be told apart.
+fn event_uuid() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("callguard-{nanos:x}-{n:x}")
+}
+
+/// Maps FreeSWITCH's channel data (the reply to `connect`) to the protocol-neutral call.
+pub fn call_from_channel(data: &Message, peer: SocketAddr) -> CallEvent {
+    let defined = |name: &str| data.get_defined(name).map(str::to_owned);
+    let number = defined("Caller-Caller-ID-Number").or_else(|| defined("Channel-Caller-ID-Number"));
+    // A withheld number often still travels in P-Asserted-Identity (Privacy: id): screen on it.
+    let withheld = number.as_deref().is_none_or(|n| {
+        let n = n.trim().to_ascii_lowercase();
+        n.is_empty()
+            || matches!(
+                n.as_str(),
+                "anonymous" | "unknown" | "private" | "restricted" | "0000000000"
+            )
+    });
+    let asserted = defined("variable_sip_P-Asserted-Identity")
+        .or_else(|| defined("variable_sip_p_asserted_identity"));
+    let caller_id = match (withheld, asserted) {
+        (true, Some(pai)) => pai,
+        _ => number
+            .or_else(|| defined("variable_sip_from_user"))
+            .or_else(|| defined("Caller-ANI"))
+            .unwrap_or_default(),
+    };
+    let presentation = if data.get("Caller-Privacy-Hide-Number") == Some("true")
+        || data.get("Channel-Privacy-Hide-Number") == Some("true")
+    {
+        Presentation::Restricted
+    } else {
+        Presentation::Allowed
+    };
+    CallEvent {
+        protocol: Some(Protocol::Esl),
+        caller_id,
+        caller_name: defined("Caller-Caller-ID-Name"),
+        called: defined("variable_callguard_did").or_else(|| defined("Caller-Destination-Number")),
+        tenant: defined("variable_callguard_tenant"),
+        presentation,
+        call_id: defined("Unique-ID"),
+        peer: Some(peer),
+    }
+}
