@@ -55,6 +55,8 @@ pub struct Config {
     pub agi: AgiSettings,
     /// FreeSWITCH Event Socket (outbound mode) server.
     pub esl: EslSettings,
+    /// FreeSWITCH Event Socket client (inbound mode: callguard connects to FreeSWITCH).
+    pub esl_inbound: EslInboundSettings,
     /// Redis store.
     pub redis: RedisSettings,
     /// Embedded store.
@@ -72,6 +74,7 @@ impl Default for Config {
             dids: std::collections::BTreeMap::new(),
             agi: AgiSettings::default(),
             esl: EslSettings::default(),
+            esl_inbound: EslInboundSettings::default(),
             redis: RedisSettings::default(),
             local: LocalSettings::default(),
         }
@@ -178,6 +181,49 @@ impl EslSettings {
     /// The address to listen on, `None` when `listen = "off"`.
     pub fn listen_addr(&self) -> Option<&str> {
         (!self.listen.trim().eq_ignore_ascii_case("off")).then_some(self.listen.trim())
+    }
+}
+
+/// `[esl_inbound]`: callguard connects to FreeSWITCH's Event Socket (port 8021) and screens
+/// the calls a one-line dialplan parks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EslInboundSettings {
+    /// FreeSWITCH's Event Socket address, or `off`.
+    pub connect: String,
+    /// Its password (event_socket.conf.xml `password`).
+    pub password: String,
+    /// Event that hands a call to callguard.
+    pub event: String,
+    /// Where allowed and tagged calls go next: `uuid_transfer <uuid> <destination> XML <this>`;
+    /// empty leaves them where they are.
+    pub continue_context: String,
+    /// `hangup` (carry out the rule's action) or `dialplan` (only set variables, then continue).
+    pub on_block: OnBlock,
+    /// Longest wait for one reply, in ms.
+    pub reply_timeout_ms: u64,
+    /// Longest wait between reconnect attempts, in ms.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for EslInboundSettings {
+    fn default() -> Self {
+        EslInboundSettings {
+            connect: "off".into(),
+            password: "ClueCon".into(),
+            event: "CHANNEL_PARK".into(),
+            continue_context: String::new(),
+            on_block: OnBlock::Hangup,
+            reply_timeout_ms: 2_000,
+            max_backoff_ms: 5_000,
+        }
+    }
+}
+
+impl EslInboundSettings {
+    /// The address to connect to, `None` when `connect = "off"`.
+    pub fn connect_addr(&self) -> Option<&str> {
+        (!self.connect.trim().eq_ignore_ascii_case("off")).then_some(self.connect.trim())
     }
 }
 
@@ -334,6 +380,18 @@ impl Config {
                 format!("{addr:?} is not an address:port or \"off\" ({e})"),
             );
         }
+        if self.esl_inbound.event.is_empty()
+            || !self
+                .esl_inbound
+                .event
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_')
+        {
+            return invalid(
+                "esl_inbound.event",
+                "must be an event name such as CHANNEL_PARK".into(),
+            );
+        }
         if self.esl.max_connections == 0 {
             return invalid("esl.max_connections", "must be at least 1".into());
         }
@@ -350,6 +408,14 @@ impl Config {
             ("esl.reply_timeout_ms", self.esl.reply_timeout_ms),
             ("esl.execute_timeout_ms", self.esl.execute_timeout_ms),
             ("esl.playback_timeout_ms", self.esl.playback_timeout_ms),
+            (
+                "esl_inbound.reply_timeout_ms",
+                self.esl_inbound.reply_timeout_ms,
+            ),
+            (
+                "esl_inbound.max_backoff_ms",
+                self.esl_inbound.max_backoff_ms,
+            ),
             ("redis.connect_timeout_ms", self.redis.connect_timeout_ms),
             ("redis.op_timeout_ms", self.redis.op_timeout_ms),
             ("redis.poll_interval_ms", self.redis.poll_interval_ms),

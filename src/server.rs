@@ -11,6 +11,7 @@ use crate::agi::codec::Limits;
 use crate::agi::session::{self, AgiContext, SessionSettings};
 use crate::config::{Config, OnBlock};
 use crate::engine::{Engine, EngineSettings};
+use crate::esl::inbound::{self, InboundSettings};
 use crate::esl::outbound::{self, EslSessionSettings};
 use crate::lastcall::LastCallers;
 use crate::snapshot::SnapshotHandle;
@@ -70,6 +71,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         },
     );
     let esl_engine = engine.clone();
+    if let Some(addr) = config.esl_inbound.connect_addr() {
+        let inbound_settings = InboundSettings {
+            addr: addr.to_owned(),
+            password: config.esl_inbound.password.clone(),
+            event: config.esl_inbound.event.clone(),
+            continue_context: config.esl_inbound.continue_context.clone(),
+            act_on_block: config.esl_inbound.on_block == OnBlock::Hangup,
+            reply_timeout: Duration::from_millis(config.esl_inbound.reply_timeout_ms),
+            max_backoff: Duration::from_millis(config.esl_inbound.max_backoff_ms),
+            limits: crate::esl::codec::Limits::default(),
+        };
+        tokio::spawn(inbound::run(
+            engine.clone(),
+            inbound_settings,
+            shutdown.clone(),
+        ));
+    }
     let context = AgiContext {
         engine,
         last_callers: LastCallers::default(),
