@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallEvent, Protocol};
+use crate::calllog;
 use crate::config::{Config, ConfigError, Overrides};
 use crate::engine::{self, EngineSettings};
 use crate::rules::{self, CallFacts, Entry, ListKind, RulePattern, Snapshot, Tenant};
@@ -65,6 +66,22 @@ pub enum Command {
     },
     /// Show the verdict for a call and the rule that decided it.
     Check(CheckArgs),
+    /// Show the call log (blocked and tagged calls; every call with call_log.all_calls).
+    Log(LogArgs),
+}
+
+/// `log` arguments.
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    /// Only calls from the last DURATION (e.g. 15m, 1h, 7d).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub since: Duration,
+    /// Keep printing new calls as they are logged.
+    #[arg(long)]
+    pub follow: bool,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `serve` flags.
@@ -242,6 +259,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
             }
         }
         Command::Check(args) => check(&config, args, &mut out).await?,
+        Command::Log(args) => show_log(&config, args, &mut out).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -413,6 +431,62 @@ async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result
         }
         if matches.is_empty() {
             writeln!(out, "  no rule matches {}", decision.number)?;
+        }
+    }
+    Ok(())
+}
+
+async fn show_log(config: &Config, args: LogArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let since = calllog::since(args.since);
+    let print = |out: &mut dyn Write, records: &[calllog::CallRecord]| -> std::io::Result<()> {
+        for r in records {
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default())?;
+            } else {
+                writeln!(out, "{}", r.line())?;
+            }
+        }
+        out.flush()
+    };
+    let store = open_store(config).await?;
+    match config.call_log_sink(&store) {
+        calllog::Sink::Redis(Store::Redis(redis)) => {
+            let since_ms = since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let since_ms = u64::try_from(since_ms).unwrap_or(u64::MAX);
+            let (records, mut last) = redis.read_calls(since_ms, None, None).await?;
+            print(out, &records)?;
+            if !args.follow {
+                return Ok(());
+            }
+            loop {
+                let after = last.clone().unwrap_or_else(|| "$".to_owned());
+                let (records, newest) = redis.read_calls(0, Some(&after), Some(1000)).await?;
+                print(out, &records)?;
+                if newest.is_some() {
+                    last = newest;
+                }
+            }
+        }
+        calllog::Sink::Redis(Store::Local(_)) => {}
+        calllog::Sink::File(path) => {
+            let keep = config.call_log.keep_files;
+            let mut seen = calllog::read_file(&path, since, keep);
+            print(out, &seen)?;
+            if !args.follow {
+                return Ok(());
+            }
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                // Rotation can move lines between files; compare by content, print the new tail.
+                let now = calllog::read_file(&path, since, keep);
+                let fresh: Vec<calllog::CallRecord> =
+                    now.iter().filter(|r| !seen.contains(r)).cloned().collect();
+                print(out, &fresh)?;
+                seen = now;
+            }
         }
     }
     Ok(())

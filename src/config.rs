@@ -57,6 +57,8 @@ pub struct Config {
     pub esl: EslSettings,
     /// FreeSWITCH Event Socket client (inbound mode: callguard connects to FreeSWITCH).
     pub esl_inbound: EslInboundSettings,
+    /// The call log.
+    pub call_log: CallLogConfig,
     /// Redis store.
     pub redis: RedisSettings,
     /// Embedded store.
@@ -75,6 +77,7 @@ impl Default for Config {
             agi: AgiSettings::default(),
             esl: EslSettings::default(),
             esl_inbound: EslInboundSettings::default(),
+            call_log: CallLogConfig::default(),
             redis: RedisSettings::default(),
             local: LocalSettings::default(),
         }
@@ -224,6 +227,49 @@ impl EslInboundSettings {
     /// The address to connect to, `None` when `connect = "off"`.
     pub fn connect_addr(&self) -> Option<&str> {
         (!self.connect.trim().eq_ignore_ascii_case("off")).then_some(self.connect.trim())
+    }
+}
+
+/// `[call_log]`: a record of screened calls (`callguard log`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CallLogConfig {
+    /// Keep a call log.
+    pub enabled: bool,
+    /// Record allowed calls too (default: blocked and tagged calls only).
+    pub all_calls: bool,
+    /// Redis: the stream `<prefix>:calls` keeps about this many records.
+    pub max_entries: u64,
+    /// Embedded store: the log file; empty = `calls.log` next to the list file.
+    pub file: String,
+    /// Embedded store: rotate the file at this size, in bytes.
+    pub max_file_bytes: u64,
+    /// Embedded store: rotated files kept.
+    pub keep_files: u32,
+}
+
+impl Default for CallLogConfig {
+    fn default() -> Self {
+        CallLogConfig {
+            enabled: true,
+            all_calls: false,
+            max_entries: 100_000,
+            file: String::new(),
+            max_file_bytes: 10 * 1024 * 1024,
+            keep_files: 3,
+        }
+    }
+}
+
+impl CallLogConfig {
+    /// The writer's settings.
+    pub fn settings(&self) -> crate::calllog::CallLogSettings {
+        crate::calllog::CallLogSettings {
+            all_calls: self.all_calls,
+            max_entries: self.max_entries,
+            max_file_bytes: self.max_file_bytes,
+            keep_files: self.keep_files,
+        }
     }
 }
 
@@ -392,6 +438,12 @@ impl Config {
                 "must be an event name such as CHANNEL_PARK".into(),
             );
         }
+        if self.call_log.max_entries == 0 || self.call_log.max_file_bytes < 1024 {
+            return invalid(
+                "call_log",
+                "max_entries must be > 0 and max_file_bytes at least 1024".into(),
+            );
+        }
         if self.esl.max_connections == 0 {
             return invalid("esl.max_connections", "must be at least 1".into());
         }
@@ -506,6 +558,17 @@ impl Config {
             }
         }
         Ok(out)
+    }
+
+    /// Where the call log goes for the configured store.
+    pub fn call_log_sink(&self, store: &crate::store::Store) -> crate::calllog::Sink {
+        match (self.store_location(), self.call_log.file.trim()) {
+            (StoreLocation::Redis(_), _) => crate::calllog::Sink::Redis(store.clone()),
+            (StoreLocation::Local(path), "") => {
+                crate::calllog::Sink::File(crate::calllog::file_for_store(&path))
+            }
+            (StoreLocation::Local(_), file) => crate::calllog::Sink::File(PathBuf::from(file)),
+        }
     }
 
     /// The configured store location.

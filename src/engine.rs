@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime};
 use tracing::{debug, info};
 
 use crate::call::{CallEvent, Decision, Verdict};
+use crate::calllog::CallLog;
 use crate::number::{CallerNumber, Normalizer};
 use crate::rules::{self, CallFacts, ListKind, RuleAction, Snapshot, Tenant};
 use crate::snapshot::SnapshotHandle;
@@ -27,6 +28,7 @@ pub struct Engine {
     snapshot: SnapshotHandle,
     normalizer: Normalizer,
     settings: Arc<EngineSettings>,
+    call_log: Option<CallLog>,
 }
 
 impl Engine {
@@ -40,7 +42,14 @@ impl Engine {
             snapshot,
             normalizer,
             settings: Arc::new(settings),
+            call_log: None,
         }
+    }
+
+    /// Records decisions in `log` too (off the decision path: a bounded queue).
+    pub fn with_call_log(mut self, log: CallLog) -> Engine {
+        self.call_log = Some(log);
+        self
     }
 
     /// The normalizer decisions use.
@@ -60,6 +69,11 @@ impl Engine {
             SystemTime::now(),
         );
         let micros = started.elapsed().as_micros();
+        if let Some(log) = &self.call_log
+            && !log.record(call, &decision)
+        {
+            debug!("call log queue full; record dropped");
+        }
         let protocol = call.protocol.map_or("-", |p| p.as_str());
         let tenant = decision.tenant.as_ref().map_or("-", Tenant::as_str);
         if decision.verdict == Verdict::Allow {

@@ -3,6 +3,7 @@
 //! Module map (each module's `//!` line says what it owns):
 //! - [`number`]: caller-ID text -> canonical [`number::CallerNumber`].
 //! - [`call`]: protocol-neutral call, verdict and action types.
+//! - [`calllog`]: the call log (Redis stream or rotating file) and its writer.
 //! - [`rules`]: list entries, compiled [`rules::Snapshot`], `decide`.
 //! - [`snapshot`]: the one shared snapshot handle.
 //! - [`store`]: Redis and embedded stores, sync into the snapshot.
@@ -14,6 +15,7 @@
 
 pub mod agi;
 pub mod call;
+pub mod calllog;
 pub mod cli;
 pub mod config;
 pub mod engine;

@@ -70,6 +70,16 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             did_tenants: Arc::new(config.did_tenants()?),
         },
     );
+    let engine = if config.call_log.enabled {
+        let sink = config.call_log_sink(&store);
+        engine.with_call_log(crate::calllog::start(
+            sink,
+            config.call_log.settings(),
+            shutdown.clone(),
+        ))
+    } else {
+        engine
+    };
     let esl_engine = engine.clone();
     if let Some(addr) = config.esl_inbound.connect_addr() {
         let inbound_settings = InboundSettings {

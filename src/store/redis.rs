@@ -380,6 +380,88 @@ impl RedisStore {
     }
 
     /// Opens a pub/sub connection (bounded by the connect timeout).
+    /// The call log stream key, `<prefix>:calls`.
+    pub fn calls_key(&self) -> String {
+        format!("{}:calls", self.prefix)
+    }
+
+    /// Appends call records to the capped stream (`XADD MAXLEN ~`), one pipeline per batch.
+    pub async fn append_calls(
+        &self,
+        records: &[crate::calllog::CallRecord],
+        max_entries: u64,
+    ) -> Result<(), StoreError> {
+        let key = self.calls_key();
+        let mut pipe = redis::pipe();
+        for r in records {
+            let json = serde_json::to_string(r).unwrap_or_default();
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(max_entries)
+                .arg("*")
+                .arg("call")
+                .arg(json)
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        self.run(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    /// Call records after stream id `after` (exclusive; `None` = from `since_ms`), oldest
+    /// first, with the id of the last one; `block_ms` waits for new ones (XREAD BLOCK).
+    pub async fn read_calls(
+        &self,
+        since_ms: u64,
+        after: Option<&str>,
+        block_ms: Option<u64>,
+    ) -> Result<(Vec<crate::calllog::CallRecord>, Option<String>), StoreError> {
+        let key = self.calls_key();
+        let mut conn = self.conn.clone();
+        let reply: Value = match (after, block_ms) {
+            (Some(id), Some(ms)) => {
+                let cmd = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("BLOCK")
+                    .arg(ms)
+                    .arg("STREAMS")
+                    .arg(&key)
+                    .arg(id)
+                    .to_owned();
+                // BLOCK may legitimately outlast the per-operation timeout.
+                match timeout(
+                    Duration::from_millis(ms) + self.op_timeout,
+                    cmd.query_async(&mut conn),
+                )
+                .await
+                {
+                    Ok(r) => r?,
+                    Err(_elapsed) => return Err(StoreError::Timeout(self.op_timeout)),
+                }
+            }
+            _ => {
+                let start = match after {
+                    Some(id) => format!("({id}"),
+                    None => since_ms.to_string(),
+                };
+                self.run(
+                    redis::cmd("XRANGE")
+                        .arg(&key)
+                        .arg(start)
+                        .arg("+")
+                        .query_async(&mut conn),
+                )
+                .await?
+            }
+        };
+        let mut records = Vec::new();
+        let mut last = None;
+        collect_stream_entries(&reply, &mut records, &mut last);
+        Ok((records, last))
+    }
+
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
         self.run(self.client.get_async_pubsub()).await
     }
@@ -417,6 +499,37 @@ fn glob_case_insensitive(name: &str) -> String {
         }
     }
     out
+}
+
+/// Walks an XRANGE reply (a list of `[id, [field, value...]]`) or an XREAD reply (the same,
+/// nested under the stream name), collecting the `call` fields that parse.
+fn collect_stream_entries(
+    value: &Value,
+    records: &mut Vec<crate::calllog::CallRecord>,
+    last: &mut Option<String>,
+) {
+    let Value::Array(items) = value else { return };
+    for item in items {
+        let Value::Array(parts) = item else { continue };
+        let [Value::BulkString(head), Value::Array(inner)] = parts.as_slice() else {
+            continue;
+        };
+        if matches!(inner.first(), Some(Value::Array(_))) {
+            // XREAD: [stream name, [entries...]]
+            collect_stream_entries(&parts[1], records, last);
+            continue;
+        }
+        // XRANGE entry: [id, [field, value, ...]]
+        *last = Some(String::from_utf8_lossy(head).into_owned());
+        for pair in inner.chunks(2) {
+            if let [Value::BulkString(name), Value::BulkString(json)] = pair
+                && name == b"call"
+                && let Ok(r) = serde_json::from_slice(json)
+            {
+                records.push(r);
+            }
+        }
+    }
 }
 
 fn parse_value(value: &str) -> EntryMeta {

@@ -2,6 +2,7 @@
 //! FastAGI bytes from Asterisk 22 captures. One test binary (see tests/it/support).
 
 mod agi;
+mod calllog;
 mod cli;
 mod esl;
 mod redis_store;

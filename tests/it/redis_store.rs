@@ -55,7 +55,18 @@ fn cli_block_and_redis_cli_edit_in_a_third_format() {
     );
     let out = cli_ok(&url, &["unblock", "84951234567"]);
     assert!(out.contains("removed"), "{out}");
-    assert_eq!(redis.cmd(&["DBSIZE"]), ":0");
+    // Every spelling is gone (the only key left is the call log stream).
+    assert_eq!(
+        redis.cmd(&[
+            "EXISTS",
+            "callguard:block:+74951234567",
+            "callguard:block:7-495-123-45-67",
+            "callguard:block:8 (812) 333-22-11",
+        ]),
+        ":0"
+    );
+    assert_eq!(redis.cmd(&["DBSIZE"]), ":1");
+    assert_eq!(redis.cmd(&["TYPE", "callguard:calls"]), "+stream");
     assert!(
         within(Duration::from_secs(1), || agi_call(
             server.agi,
