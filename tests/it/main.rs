@@ -5,6 +5,7 @@ mod agi;
 mod calllog;
 mod cli;
 mod esl;
+mod esl_inbound;
 mod redis_store;
 mod rules;
 mod support;
