@@ -8,6 +8,7 @@
 //! - [`snapshot`]: the one shared snapshot handle.
 //! - [`store`]: Redis and embedded stores, sync into the snapshot.
 //! - [`engine`]: the decision every front end calls.
+//! - [`flood`]: flood detectors over bounded windowed counters (time passed in).
 //! - [`lastcall`]: last caller per extension, for the "block the last caller" feature code.
 //! - [`config`]: typed configuration.
 //! - [`listener`]: generic accept loop.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod esl;
+pub mod flood;
 pub mod lastcall;
 pub mod listener;
 pub mod number;
