@@ -117,6 +117,9 @@ pub struct Decision {
     pub rule: String,
     /// Which list decided, if a rule matched.
     pub matched: Option<ListKind>,
+    /// Kind of the deciding rule for metrics (`exact`, `prefix`, `mask`, `range`, `invalid`,
+    /// `anonymous`, or `none`): never the number itself.
+    pub reason_kind: &'static str,
     /// The tenant whose rules applied (from the request or the DID map).
     pub tenant: Option<Tenant>,
 }

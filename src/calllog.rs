@@ -372,6 +372,7 @@ mod tests {
                 reason: "a\nb".into(),
                 rule: String::new(),
                 matched: None,
+                reason_kind: "none",
                 tenant: None,
             },
             t0,

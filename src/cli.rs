@@ -93,6 +93,9 @@ pub struct ServeArgs {
     /// FreeSWITCH Event Socket (outbound mode) listen address (default 127.0.0.1:8084; `off`).
     #[arg(long, value_name = "ADDR")]
     pub esl_listen: Option<String>,
+    /// Prometheus /metrics, /healthz, /readyz listen address (default 127.0.0.1:9573; `off`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -191,6 +194,7 @@ impl Cli {
             Command::Serve(args) => {
                 overrides.agi_listen = args.agi_listen.clone();
                 overrides.esl_listen = args.esl_listen.clone();
+                overrides.metrics_listen = args.metrics_listen.clone();
             }
             Command::Normalize { country, .. } => overrides.default_country = country.clone(),
             _ => {}

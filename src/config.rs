@@ -59,6 +59,8 @@ pub struct Config {
     pub esl_inbound: EslInboundSettings,
     /// The call log.
     pub call_log: CallLogConfig,
+    /// Prometheus metrics and health endpoints.
+    pub metrics: MetricsConfig,
     /// Redis store.
     pub redis: RedisSettings,
     /// Embedded store.
@@ -78,6 +80,7 @@ impl Default for Config {
             esl: EslSettings::default(),
             esl_inbound: EslInboundSettings::default(),
             call_log: CallLogConfig::default(),
+            metrics: MetricsConfig::default(),
             redis: RedisSettings::default(),
             local: LocalSettings::default(),
         }
@@ -230,6 +233,32 @@ impl EslInboundSettings {
     }
 }
 
+/// `[metrics]`: `/metrics`, `/healthz` and `/readyz` on their own listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Listen address, or `off`.
+    pub listen: String,
+    /// Most tenants shown by name in metric labels; the rest are `other`.
+    pub tenant_cap: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: "127.0.0.1:9573".into(),
+            tenant_cap: 50,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to listen on, `None` when `listen = "off"`.
+    pub fn listen_addr(&self) -> Option<&str> {
+        (!self.listen.trim().eq_ignore_ascii_case("off")).then_some(self.listen.trim())
+    }
+}
+
 /// `[call_log]`: a record of screened calls (`callguard log`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +372,8 @@ pub struct Overrides {
     pub agi_listen: Option<String>,
     /// `--esl-listen`.
     pub esl_listen: Option<String>,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
     /// `--country` (where a subcommand takes it).
     pub default_country: Option<String>,
 }
@@ -387,6 +418,7 @@ impl Config {
             .set_override_option("store", overrides.store.clone())?
             .set_override_option("agi.listen", overrides.agi_listen.clone())?
             .set_override_option("esl.listen", overrides.esl_listen.clone())?
+            .set_override_option("metrics.listen", overrides.metrics_listen.clone())?
             .set_override_option("default_country", overrides.default_country.clone())?;
         let config: Config = builder.build()?.try_deserialize()?;
         config.validate()?;
@@ -442,6 +474,14 @@ impl Config {
             return invalid(
                 "call_log",
                 "max_entries must be > 0 and max_file_bytes at least 1024".into(),
+            );
+        }
+        if let Some(addr) = self.metrics.listen_addr()
+            && let Err(e) = addr.parse::<SocketAddr>()
+        {
+            return invalid(
+                "metrics.listen",
+                format!("{addr:?} is not an address:port or \"off\" ({e})"),
             );
         }
         if self.esl.max_connections == 0 {
@@ -618,6 +658,7 @@ mod tests {
         let flags = Overrides {
             agi_listen: Some("127.0.0.1:3".into()),
             esl_listen: None,
+            metrics_listen: None,
             store: Some("redis://127.0.0.1:7777/0".into()),
             default_country: None,
         };

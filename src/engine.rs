@@ -68,7 +68,15 @@ impl Engine {
             &self.settings,
             SystemTime::now(),
         );
-        let micros = started.elapsed().as_micros();
+        let elapsed = started.elapsed();
+        let micros = elapsed.as_micros();
+        crate::metrics::record_call(
+            call.protocol.map_or("none", |p| p.as_str()),
+            decision.verdict.as_str(),
+            decision.reason_kind,
+            decision.tenant.as_ref().map(Tenant::as_str),
+            elapsed,
+        );
         if let Some(log) = &self.call_log
             && !log.record(call, &decision)
         {
@@ -169,6 +177,7 @@ pub fn decide(
             .map(|e| e.pattern.to_string())
             .unwrap_or_default(),
         matched: outcome.decided_by.map(|e| e.list),
+        reason_kind: crate::metrics::reason_kind(outcome.decided_by.map(|e| &e.pattern)),
         tenant,
     }
 }

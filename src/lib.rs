@@ -9,6 +9,7 @@
 //! - [`store`]: Redis and embedded stores, sync into the snapshot.
 //! - [`engine`]: the decision every front end calls.
 //! - [`flood`]: flood detectors over bounded windowed counters (time passed in).
+//! - [`metrics`]: metric names, labels and helpers; [`http`]: /metrics, /healthz, /readyz.
 //! - [`lastcall`]: last caller per extension, for the "block the last caller" feature code.
 //! - [`config`]: typed configuration.
 //! - [`listener`]: generic accept loop.
@@ -22,8 +23,10 @@ pub mod config;
 pub mod engine;
 pub mod esl;
 pub mod flood;
+pub mod http;
 pub mod lastcall;
 pub mod listener;
+pub mod metrics;
 pub mod number;
 pub mod rules;
 pub mod server;

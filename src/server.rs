@@ -13,6 +13,7 @@ use crate::config::{Config, OnBlock};
 use crate::engine::{Engine, EngineSettings};
 use crate::esl::inbound::{self, InboundSettings};
 use crate::esl::outbound::{self, EslSessionSettings};
+use crate::http::{HttpState, Readiness};
 use crate::lastcall::LastCallers;
 use crate::snapshot::SnapshotHandle;
 use crate::store::sync::{self, SyncOptions};
@@ -28,6 +29,9 @@ pub enum ServeError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(crate::metrics::MetricsError),
     /// The listen socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -42,6 +46,12 @@ pub enum ServeError {
 /// Runs until SIGINT/SIGTERM or `shutdown` is cancelled.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), ServeError> {
     let normalizer = config.normalizer()?;
+    // Before the sync task starts, so its first store_up is recorded.
+    let metrics_handle = crate::metrics::install().map_err(ServeError::Metrics)?;
+    crate::metrics::started(std::time::SystemTime::now());
+    crate::metrics::tenants().set_cap(config.metrics.tenant_cap);
+    let did_tenants = config.did_tenants()?;
+    crate::metrics::tenants().admit(did_tenants.values().map(|t| t.as_str()));
     let location = config.store_location();
     let store = Store::open(&location, &config.redis, normalizer.clone()).await?;
     let snapshot = SnapshotHandle::new();
@@ -67,7 +77,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         normalizer,
         EngineSettings {
             default_action: config.default_action()?,
-            did_tenants: Arc::new(config.did_tenants()?),
+            did_tenants: Arc::new(did_tenants),
         },
     );
     let engine = if config.call_log.enabled {
@@ -123,7 +133,33 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     let esl_shown = esl
         .as_ref()
         .map_or_else(|| "off".to_owned(), |(_, local)| local.to_string());
-    info!(agi = %agi_local, esl = %esl_shown, store = %config.store, "callguard listening");
+    let metrics_listener = match config.metrics.listen_addr() {
+        Some(addr) => Some(bind(addr.to_owned()).await?),
+        None => None,
+    };
+    let metrics_shown = metrics_listener
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |(_, local)| local.to_string());
+    info!(
+        agi = %agi_local,
+        esl = %esl_shown,
+        metrics = %metrics_shown,
+        store = %config.store,
+        "callguard listening"
+    );
+    // Its own token: /metrics and /readyz keep answering while calls drain.
+    let metrics_stop = CancellationToken::new();
+    let metrics_task = metrics_listener.map(|(listener, _)| {
+        let ready_snapshot = snapshot.clone();
+        let state = HttpState::new(metrics_handle, move || {
+            if ready_snapshot.is_ready() {
+                Readiness::Ready
+            } else {
+                Readiness::NotReady("no snapshot loaded yet".into())
+            }
+        });
+        tokio::spawn(crate::http::serve(listener, state, metrics_stop.clone()))
+    });
 
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -173,6 +209,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
     tokio::join!(agi, esl);
     if let Err(e) = sync_task.await {
         warn!(error = %e, "store sync task failed");
+    }
+    metrics_stop.cancel();
+    if let Some(task) = metrics_task
+        && let Err(e) = task.await
+    {
+        warn!(error = %e, "metrics listener failed");
     }
     Ok(())
 }

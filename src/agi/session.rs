@@ -99,6 +99,19 @@ pub fn route(env: &AgiEnv) -> Route {
     }
 }
 
+impl SessionError {
+    /// The `kind` label of `callguard_connection_errors_total`.
+    pub fn metric_kind(&self) -> crate::metrics::ConnErrorKind {
+        use crate::metrics::ConnErrorKind;
+        match self {
+            SessionError::Io(_) => ConnErrorKind::Io,
+            SessionError::Codec(_) => ConnErrorKind::Protocol,
+            SessionError::Timeout(_) => ConnErrorKind::Timeout,
+            SessionError::Closed(_) => ConnErrorKind::Closed,
+        }
+    }
+}
+
 /// Runs one session to its end; never panics on peer input, always closes the socket.
 pub async fn run(
     mut stream: TcpStream,
@@ -111,7 +124,9 @@ pub async fn run(
         settings,
         hung_up: false,
     };
+    let _open = crate::metrics::session_started("agi");
     if let Err(e) = conn.session(&mut stream, peer, &context).await {
+        crate::metrics::connection_error("agi", e.metric_kind());
         warn!(%peer, error = %e, "agi session ended early");
     }
     // Asterisk acts on the verdict only once the socket closes: close promptly, without waiting

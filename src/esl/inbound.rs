@@ -85,6 +85,14 @@ pub async fn run(engine: Engine, settings: InboundSettings, shutdown: Cancellati
             r = session(&engine, &settings, &mut handled, &mut backoff) => r,
         };
         if let Err(error) = result {
+            use crate::metrics::ConnErrorKind;
+            let kind = match &error {
+                InboundError::Io(_) => ConnErrorKind::Io,
+                InboundError::Timeout(_) => ConnErrorKind::Timeout,
+                InboundError::Closed => ConnErrorKind::Closed,
+                _ => ConnErrorKind::Protocol,
+            };
+            crate::metrics::connection_error("esl", kind);
             warn!(addr = %settings.addr, %error, retry_in = ?backoff, "esl inbound: connection ended");
         }
         tokio::select! {

@@ -64,6 +64,19 @@ pub enum EslSessionError {
     },
 }
 
+impl EslSessionError {
+    /// The `kind` label of `callguard_connection_errors_total`.
+    pub fn metric_kind(&self) -> crate::metrics::ConnErrorKind {
+        use crate::metrics::ConnErrorKind;
+        match self {
+            EslSessionError::Io(_) => ConnErrorKind::Io,
+            EslSessionError::Codec(_) | EslSessionError::Refused { .. } => ConnErrorKind::Protocol,
+            EslSessionError::Timeout(_) => ConnErrorKind::Timeout,
+            EslSessionError::Closed(_) => ConnErrorKind::Closed,
+        }
+    }
+}
+
 /// Runs one session to its end; never panics on peer input, always closes the socket.
 pub async fn run(
     mut stream: TcpStream,
@@ -77,7 +90,9 @@ pub async fn run(
         events: VecDeque::new(),
         hung_up: false,
     };
+    let _open = crate::metrics::session_started("esl");
     if let Err(e) = conn.session(&mut stream, peer, &engine).await {
+        crate::metrics::connection_error("esl", e.metric_kind());
         warn!(%peer, error = %e, "esl session ended early");
     }
     let _shutdown_result = stream.shutdown().await;

@@ -2,7 +2,7 @@
 //! On any store error the last snapshot stays in force and the sync retries with backoff.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{LocalStore, RedisStore, Store, StoreError};
+use crate::metrics;
 use crate::rules::{Entry, Snapshot, TimeZone};
 use crate::snapshot::SnapshotHandle;
 
@@ -54,10 +55,15 @@ async fn publish(
     *version += 1;
     let entries: Vec<Entry> = entries.into_iter().collect();
     let (v, zone) = (*version, zone.clone());
-    let compiled =
-        tokio::task::spawn_blocking(move || Snapshot::compile_in(entries, v, &zone)).await;
-    let snapshot = match compiled {
-        Ok(snapshot) => snapshot,
+    // Rule counts for the metrics walk every rule: do it beside the compile, off the runtime.
+    let compiled = tokio::task::spawn_blocking(move || {
+        let snapshot = Snapshot::compile_in(entries, v, &zone);
+        let counts = metrics::rule_counts(&snapshot, SystemTime::now());
+        (snapshot, counts)
+    })
+    .await;
+    let (snapshot, counts) = match compiled {
+        Ok(compiled) => compiled,
         Err(error) => {
             warn!(%error, "snapshot compile failed; keeping the previous snapshot");
             return;
@@ -69,6 +75,7 @@ async fn publish(
     );
     // Log only after the swap: "published" must mean decisions already see it.
     handle.publish(snapshot);
+    metrics::snapshot_published(*version, &counts, SystemTime::now());
     info!(version = *version, block, allow, "snapshot published");
 }
 
@@ -90,16 +97,21 @@ async fn run_local(
         }
         let stamp = store.stamp();
         if seen == Some(stamp) {
+            // Unchanged file: the snapshot still matches the store.
+            metrics::snapshot_fresh(SystemTime::now());
             continue;
         }
         match store.load().await {
             Ok(entries) => {
                 seen = Some(stamp);
+                metrics::store_up("local", true);
                 publish(&handle, &mut version, &options.time_zone, entries).await;
             }
             Err(e) => {
                 // Remember the broken version so the error is logged once, not every tick.
                 seen = Some(stamp);
+                metrics::store_up("local", false);
+                metrics::store_error(error_kind(&e));
                 warn!(error = %e, "list file not loaded; keeping the previous snapshot");
             }
         }
@@ -120,6 +132,8 @@ async fn run_redis(
             r = redis_session(&store, &handle, &options, &mut version, &mut backoff) => r,
         };
         let Err(e) = result;
+        metrics::store_up("redis", false);
+        metrics::store_error(error_kind(&e));
         warn!(error = %e, retry_in = ?backoff, "redis sync interrupted; deciding from the last snapshot");
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -149,6 +163,7 @@ async fn redis_session(
     for (key, entry) in full_load(store).await? {
         mirror.insert(key, entry);
     }
+    metrics::store_up("redis", true);
     publish(
         handle,
         version,
@@ -210,13 +225,25 @@ async fn redis_session(
                 } else {
                     next_resync = Instant::now() + resync_every;
                     let fresh: HashMap<String, Entry> = full_load(store).await?.into_iter().collect();
-                    if !same_content(&fresh, &mirror) {
+                    if same_content(&fresh, &mirror) {
+                        metrics::snapshot_fresh(SystemTime::now());
+                    } else {
                         mirror = fresh;
                         publish(handle, version, &options.time_zone, mirror.values().cloned()).await;
                     }
                 }
             }
         }
+    }
+}
+
+/// The `kind` label of `callguard_store_errors_total`.
+fn error_kind(error: &StoreError) -> metrics::StoreErrorKind {
+    match error {
+        StoreError::Redis(_) => metrics::StoreErrorKind::Redis,
+        StoreError::Timeout(_) => metrics::StoreErrorKind::Timeout,
+        StoreError::Io { .. } => metrics::StoreErrorKind::Io,
+        _ => metrics::StoreErrorKind::BadData,
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Redis, Server, agi_call, cli_ok, temp_store, within};
+use crate::support::{Redis, Server, agi_call, cli_ok, http_get, metric_sum, temp_store, within};
 
 #[test]
 fn blocked_calls_are_logged_in_the_embedded_store() {
@@ -43,6 +43,31 @@ fn blocked_calls_are_logged_in_the_embedded_store() {
     assert_eq!(record["rule"], "+7495123XXXX");
     assert_eq!(record["action"], "hangup 21");
     assert!(cli_ok(store, &["log", "--since", "0s"]).is_empty());
+
+    // /metrics counts exactly the calls sent, by verdict and rule kind.
+    let metrics = server.metrics.expect("metrics listener");
+    assert_eq!(http_get(metrics, "/readyz").0, 200);
+    let (status, text) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200);
+    let calls = "callguard_calls_total";
+    assert_eq!(metric_sum(&text, calls, &[]), 2.0, "{text}");
+    assert_eq!(
+        metric_sum(&text, calls, &["verdict=\"block\"", "reason_kind=\"mask\""]),
+        1.0
+    );
+    assert_eq!(metric_sum(&text, calls, &["verdict=\"allow\""]), 1.0);
+    assert_eq!(
+        metric_sum(
+            &text,
+            "callguard_decision_seconds_count",
+            &["protocol=\"agi\""]
+        ),
+        2.0
+    );
+    assert!(
+        !text.contains("74951234567"),
+        "no phone number in any label"
+    );
 }
 
 #[test]

@@ -114,6 +114,8 @@ pub struct Server {
     pub agi: SocketAddr,
     /// Where it accepts FreeSWITCH's `socket` app (None when `esl.listen = "off"`).
     pub esl: Option<SocketAddr>,
+    /// Where it serves /metrics, /healthz, /readyz (None when `metrics.listen = "off"`).
+    pub metrics: Option<SocketAddr>,
     logs: mpsc::Receiver<String>,
 }
 
@@ -130,6 +132,8 @@ impl Server {
                 "--agi-listen",
                 "127.0.0.1:0",
                 "--esl-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
                 "127.0.0.1:0",
             ])
             .env("RUST_LOG", "info")
@@ -149,6 +153,7 @@ impl Server {
         });
         let mut agi = None;
         let mut esl = None;
+        let mut metrics = None;
         let mut ready = false;
         let deadline = Instant::now() + Duration::from_secs(20);
         while agi.is_none() || !ready {
@@ -162,12 +167,16 @@ impl Server {
             if let Some(rest) = line.split("esl=").nth(1) {
                 esl = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
+            if let Some(rest) = line.split("metrics=").nth(1) {
+                metrics = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
             ready |= line.contains("snapshot published");
         }
         Server {
             child,
             agi: agi.expect("agi address"),
             esl,
+            metrics,
             logs: rx,
         }
     }
@@ -394,4 +403,31 @@ pub fn raw_session(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let _read = s.read_to_end(&mut out);
     out
+}
+
+/// `GET path` over plain HTTP/1.1: status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: callguard\r\n\r\n").expect("write request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+/// Sum of every sample of `metric` whose labels contain all of `labels` (`name="value"`).
+pub fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
