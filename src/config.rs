@@ -61,6 +61,8 @@ pub struct Config {
     pub call_log: CallLogConfig,
     /// Prometheus metrics and health endpoints.
     pub metrics: MetricsConfig,
+    /// Flood detection and automatic bans.
+    pub flood: FloodConfig,
     /// Redis store.
     pub redis: RedisSettings,
     /// Embedded store.
@@ -81,6 +83,7 @@ impl Default for Config {
             esl_inbound: EslInboundSettings::default(),
             call_log: CallLogConfig::default(),
             metrics: MetricsConfig::default(),
+            flood: FloodConfig::default(),
             redis: RedisSettings::default(),
             local: LocalSettings::default(),
         }
@@ -230,6 +233,149 @@ impl EslInboundSettings {
     /// The address to connect to, `None` when `connect = "off"`.
     pub fn connect_addr(&self) -> Option<&str> {
         (!self.connect.trim().eq_ignore_ascii_case("off")).then_some(self.connect.trim())
+    }
+}
+
+/// `[flood]`: detectors and the bans they write (ordinary expiring block rules).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodConfig {
+    /// Run the detectors.
+    pub enabled: bool,
+    /// Keys each detector tracks at most (memory bound).
+    pub max_tracked: usize,
+    /// One caller calling too often.
+    pub per_caller: FloodRate,
+    /// Many numbers sharing all but their last `suffix_digits` digits.
+    pub ranges: Vec<FloodRange>,
+    /// One caller ringing many different DIDs or tenants.
+    pub fan_out: FloodFanOut,
+}
+
+/// `[flood.per_caller]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodRate {
+    /// On or off.
+    pub enabled: bool,
+    /// Window, in seconds.
+    pub window_s: u64,
+    /// More calls than this within the window trip it.
+    pub threshold: u32,
+    /// Ban length, in seconds.
+    pub ban_s: u64,
+}
+
+impl Default for FloodRate {
+    fn default() -> Self {
+        FloodRate {
+            enabled: true,
+            window_s: 60,
+            threshold: 10,
+            ban_s: 3600,
+        }
+    }
+}
+
+/// `[[flood.ranges]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodRange {
+    /// K: the numbers share all but their last K digits.
+    pub suffix_digits: u8,
+    /// Window, in seconds.
+    pub window_s: u64,
+    /// More calls than this from the range within the window trip it.
+    pub threshold: u32,
+    /// Ban length, in seconds.
+    pub ban_s: u64,
+}
+
+/// `[flood.fan_out]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodFanOut {
+    /// On or off.
+    pub enabled: bool,
+    /// Window, in seconds.
+    pub window_s: u64,
+    /// More distinct DIDs/tenants than this within the window trip it.
+    pub distinct_targets: u32,
+    /// Ban length, in seconds.
+    pub ban_s: u64,
+}
+
+impl Default for FloodFanOut {
+    fn default() -> Self {
+        FloodFanOut {
+            enabled: true,
+            window_s: 300,
+            distinct_targets: 10,
+            ban_s: 3600,
+        }
+    }
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        FloodConfig {
+            enabled: true,
+            max_tracked: 100_000,
+            per_caller: FloodRate::default(),
+            ranges: vec![
+                FloodRange {
+                    suffix_digits: 2,
+                    window_s: 60,
+                    threshold: 30,
+                    ban_s: 3600,
+                },
+                FloodRange {
+                    suffix_digits: 4,
+                    window_s: 60,
+                    threshold: 100,
+                    ban_s: 3600,
+                },
+            ],
+            fan_out: FloodFanOut::default(),
+        }
+    }
+}
+
+impl FloodConfig {
+    /// The detectors' settings, checked.
+    pub fn settings(&self) -> Result<crate::flood::FloodSettings, ConfigError> {
+        use crate::flood::{FanOutLimit, FloodSettings, RangeLimit, RateLimit};
+        let secs = Duration::from_secs;
+        let settings = FloodSettings {
+            per_caller: self.per_caller.enabled.then(|| RateLimit {
+                window: secs(self.per_caller.window_s),
+                threshold: self.per_caller.threshold,
+                ban: secs(self.per_caller.ban_s),
+            }),
+            ranges: self
+                .ranges
+                .iter()
+                .map(|r| RangeLimit {
+                    suffix_digits: r.suffix_digits,
+                    window: secs(r.window_s),
+                    threshold: r.threshold,
+                    ban: secs(r.ban_s),
+                })
+                .collect(),
+            fan_out: self.fan_out.enabled.then(|| FanOutLimit {
+                window: secs(self.fan_out.window_s),
+                distinct_targets: self.fan_out.distinct_targets,
+                ban: secs(self.fan_out.ban_s),
+                range_suffix_digits: None,
+            }),
+            target: None,
+            max_tracked: self.max_tracked,
+        };
+        settings.validate().map_err(|e| ConfigError::Invalid {
+            key: "flood",
+            message: e.to_string(),
+        })?;
+        Ok(settings)
     }
 }
 
@@ -448,6 +594,7 @@ impl Config {
             );
         }
         self.default_action()?;
+        self.flood.settings()?;
         self.time_zone()?;
         self.did_tenants()?;
         if let Some(addr) = self.esl.listen_addr()

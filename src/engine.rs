@@ -7,8 +7,10 @@ use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info};
 
+use crate::bans::FloodHook;
 use crate::call::{CallEvent, Decision, Verdict};
 use crate::calllog::CallLog;
+use crate::flood::Observed;
 use crate::number::{CallerNumber, Normalizer};
 use crate::rules::{self, CallFacts, ListKind, RuleAction, Snapshot, Tenant};
 use crate::snapshot::SnapshotHandle;
@@ -29,6 +31,7 @@ pub struct Engine {
     normalizer: Normalizer,
     settings: Arc<EngineSettings>,
     call_log: Option<CallLog>,
+    flood: Option<FloodHook>,
 }
 
 impl Engine {
@@ -43,7 +46,14 @@ impl Engine {
             normalizer,
             settings: Arc::new(settings),
             call_log: None,
+            flood: None,
         }
+    }
+
+    /// Feeds every call to the flood detectors too.
+    pub fn with_flood(mut self, hook: FloodHook) -> Engine {
+        self.flood = Some(hook);
+        self
     }
 
     /// Records decisions in `log` too (off the decision path: a bounded queue).
@@ -68,6 +78,23 @@ impl Engine {
             &self.settings,
             SystemTime::now(),
         );
+        // Only calls no rule refused count toward floods (and an allow-listed caller never
+        // does): a ban must never overwrite a rule someone wrote.
+        if let Some(flood) = &self.flood
+            && decision.verdict != Verdict::Block
+            && !decision.allowed_by_list()
+        {
+            let did = call.called.as_deref().map(|d| self.normalizer.normalize(d));
+            let observed = Observed {
+                number: &decision.number,
+                did: did.as_ref(),
+                tenant: decision.tenant.as_ref(),
+            };
+            let detections = flood.detector.observe(&observed, Instant::now());
+            if !detections.is_empty() {
+                flood.report(detections);
+            }
+        }
         let elapsed = started.elapsed();
         let micros = elapsed.as_micros();
         crate::metrics::record_call(

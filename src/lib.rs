@@ -9,6 +9,7 @@
 //! - [`store`]: Redis and embedded stores, sync into the snapshot.
 //! - [`engine`]: the decision every front end calls.
 //! - [`flood`]: flood detectors over bounded windowed counters (time passed in).
+//! - [`bans`]: detector bans -> expiring block rules in the store.
 //! - [`metrics`]: metric names, labels and helpers; [`http`]: /metrics, /healthz, /readyz.
 //! - [`lastcall`]: last caller per extension, for the "block the last caller" feature code.
 //! - [`config`]: typed configuration.
@@ -16,6 +17,7 @@
 //! - [`agi`]: FastAGI front end.
 
 pub mod agi;
+pub mod bans;
 pub mod call;
 pub mod calllog;
 pub mod cli;

@@ -13,6 +13,7 @@ use crate::config::{Config, OnBlock};
 use crate::engine::{Engine, EngineSettings};
 use crate::esl::inbound::{self, InboundSettings};
 use crate::esl::outbound::{self, EslSessionSettings};
+use crate::flood::{FloodDetector, SharedDetector};
 use crate::http::{HttpState, Readiness};
 use crate::lastcall::LastCallers;
 use crate::snapshot::SnapshotHandle;
@@ -85,6 +86,18 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         engine.with_call_log(crate::calllog::start(
             sink,
             config.call_log.settings(),
+            shutdown.clone(),
+        ))
+    } else {
+        engine
+    };
+    let engine = if config.flood.enabled {
+        let detector = SharedDetector::new(FloodDetector::new(config.flood.settings()?));
+        engine.with_flood(crate::bans::start(
+            detector,
+            store.clone(),
+            config.normalizer()?,
+            snapshot.clone(),
             shutdown.clone(),
         ))
     } else {

@@ -6,6 +6,7 @@ mod calllog;
 mod cli;
 mod esl;
 mod esl_inbound;
+mod flood;
 mod metrics;
 mod redis_store;
 mod rules;

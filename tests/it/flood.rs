@@ -1,0 +1,106 @@
+//! Flood defense end to end: attack shapes through the real AGI server trip the detectors,
+//! bans land in the store as expiring rules (seen by a second node through Redis), normal
+//! traffic triggers nothing, and /metrics counts the detections.
+
+use std::time::Duration;
+
+use crate::support::{Redis, Server, agi_call, cli_ok, http_get, metric_sum, temp_store, within};
+
+fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("callguard.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.to_str().expect("utf8").to_owned()
+}
+
+#[test]
+fn one_caller_calling_too_often_is_banned() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let server = Server::start(store, &[("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "3")]);
+    for _ in 0..4 {
+        assert_eq!(agi_call(server.agi, "84951234567").verdict(), "allow");
+    }
+    let took = within(Duration::from_secs(2), || {
+        agi_call(server.agi, "+7 495 123-45-67").verdict() == "block"
+    });
+    assert!(took.is_some(), "the flooding caller was not banned");
+    let call = agi_call(server.agi, "84951234567");
+    assert!(
+        call.vars["CALLGUARD_REASON"].starts_with("flood: "),
+        "{call:?}"
+    );
+    let list = cli_ok(store, &["list", "--json"]);
+    let rules: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let ban = &rules[0];
+    assert_eq!(ban["rule"], "+74951234567");
+    assert_eq!(ban["added_by"], "detector");
+    assert!(ban["expires_at"].is_string(), "{ban}");
+    let (_, text) = http_get(server.metrics.expect("metrics"), "/metrics");
+    assert_eq!(
+        metric_sum(
+            &text,
+            "callguard_flood_detections_total",
+            &["detector=\"per_caller\""]
+        ),
+        1.0,
+        "{text}"
+    );
+    // An ordinary rule: unblock lifts it.
+    cli_ok(store, &["unblock", "+74951234567"]);
+    let took = within(Duration::from_secs(2), || {
+        agi_call(server.agi, "84951234567").verdict() == "allow"
+    });
+    assert!(took.is_some());
+}
+
+#[test]
+fn a_range_attack_is_banned_as_a_mask_and_normal_traffic_is_not() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let cfg_dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_file(
+        &cfg_dir,
+        "[flood]\n[[flood.ranges]]\nsuffix_digits = 2\nwindow_s = 60\nthreshold = 5\nban_s = 600\n",
+    );
+    let server = Server::start(store, &[("CALLGUARD_CONFIG", &cfg)]);
+    // Normal traffic: 40 different callers from all over, once each.
+    for i in 0..40 {
+        let caller = format!("+7{}{:07}", 900 + i, 1_234_567 + i * 7_919);
+        assert_eq!(agi_call(server.agi, &caller).verdict(), "allow", "{caller}");
+    }
+    assert!(
+        cli_ok(store, &["list"]).is_empty(),
+        "normal traffic banned something"
+    );
+    // Six numbers of one hundred-block, each calling once.
+    for i in 0..6 {
+        agi_call(server.agi, &format!("849512345{i:02}"));
+    }
+    let took = within(Duration::from_secs(2), || {
+        agi_call(server.agi, "84951234599").verdict() == "block"
+    });
+    assert!(took.is_some(), "the range was not banned");
+    let list = cli_ok(store, &["list"]);
+    assert!(
+        list.contains("+749512345XX") && list.contains("detector"),
+        "{list}"
+    );
+    assert_eq!(agi_call(server.agi, "84951234699").verdict(), "allow");
+}
+
+#[test]
+fn bans_reach_a_second_node_through_redis() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = Server::start(&url, &[("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "2")]);
+    let b = Server::start(&url, &[("CALLGUARD_FLOOD__ENABLED", "false")]);
+    for _ in 0..3 {
+        agi_call(a.agi, "84997654321");
+    }
+    let took = within(Duration::from_secs(2), || {
+        agi_call(b.agi, "+74997654321").verdict() == "block"
+    });
+    assert!(took.is_some(), "node B did not enforce node A's ban");
+    let ttl = redis.cmd(&["PTTL", "callguard:block:+74997654321"]);
+    assert!(ttl.starts_with(':') && ttl != ":-1", "bans expire: {ttl}");
+}
