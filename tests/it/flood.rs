@@ -16,7 +16,13 @@ fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
 fn one_caller_calling_too_often_is_banned() {
     let (_dir, path) = temp_store();
     let store = path.to_str().expect("utf8 path");
-    let server = Server::start(store, &[("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "3")]);
+    let server = Server::start(
+        store,
+        &[
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+            ("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "3"),
+        ],
+    );
     for _ in 0..4 {
         assert_eq!(agi_call(server.agi, "84951234567").verdict(), "allow");
     }
@@ -62,7 +68,13 @@ fn a_range_attack_is_banned_as_a_mask_and_normal_traffic_is_not() {
         &cfg_dir,
         "[flood]\n[[flood.ranges]]\nsuffix_digits = 2\nwindow_s = 60\nthreshold = 5\nban_s = 600\n",
     );
-    let server = Server::start(store, &[("CALLGUARD_CONFIG", &cfg)]);
+    let server = Server::start(
+        store,
+        &[
+            ("CALLGUARD_CONFIG", &cfg),
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+        ],
+    );
     // Normal traffic: 40 different callers from all over, once each.
     for i in 0..40 {
         let caller = format!("+7{}{:07}", 900 + i, 1_234_567 + i * 7_919);
@@ -92,7 +104,13 @@ fn a_range_attack_is_banned_as_a_mask_and_normal_traffic_is_not() {
 fn bans_reach_a_second_node_through_redis() {
     let redis = Redis::start();
     let url = redis.url();
-    let a = Server::start(&url, &[("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "2")]);
+    let a = Server::start(
+        &url,
+        &[
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+            ("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "2"),
+        ],
+    );
     let b = Server::start(&url, &[("CALLGUARD_FLOOD__ENABLED", "false")]);
     for _ in 0..3 {
         agi_call(a.agi, "84997654321");
