@@ -8,7 +8,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::flood::{AttackEvent, Ban, Detections, SharedDetector};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::flood::{AttackEvent, Ban, Detections, SharedDetector, TargetKind};
 use crate::metrics;
 use crate::number::Normalizer;
 use crate::rules::{Entry, ListKind, RulePattern};
@@ -26,6 +29,8 @@ pub struct FloodHook {
     /// The detectors.
     pub detector: SharedDetector,
     tx: mpsc::Sender<Ban>,
+    /// DIDs and tenants under attack now, for the gauge (starts and ends always pair up).
+    attacked: Arc<[AtomicUsize; 2]>,
 }
 
 impl FloodHook {
@@ -38,12 +43,32 @@ impl FloodHook {
             }
         }
         for event in detections.attacks {
-            match event {
+            let (kind, started) = match &event {
                 AttackEvent::Started { target, rate } => {
+                    metrics::flood_detected("target");
                     warn!(target = %target, rate, "flood: target under attack");
+                    (target.kind(), true)
                 }
-                AttackEvent::Ended { target, .. } => info!(target = %target, "flood: attack over"),
-            }
+                AttackEvent::Ended { target, .. } => {
+                    info!(target = %target, "flood: attack over");
+                    (target.kind(), false)
+                }
+            };
+            let slot = match kind {
+                TargetKind::Did => 0,
+                TargetKind::Tenant => 1,
+            };
+            let n = if started {
+                self.attacked[slot].fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                let before = self.attacked[slot]
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                        Some(n.saturating_sub(1))
+                    })
+                    .unwrap_or(0);
+                before.saturating_sub(1)
+            };
+            metrics::set_targets_under_attack(kind.as_str(), n);
         }
     }
 }
@@ -57,7 +82,11 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> FloodHook {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let hook = FloodHook { detector, tx };
+    let hook = FloodHook {
+        detector,
+        tx,
+        attacked: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
+    };
     tokio::spawn(writer(rx, store, normalizer, snapshot, shutdown.clone()));
     let housekeeping = hook.clone();
     tokio::spawn(async move {

@@ -394,6 +394,7 @@ async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result
     let settings = EngineSettings {
         default_action: config.default_action()?,
         did_tenants: Arc::new(config.did_tenants()?),
+        attack_policy: config.flood.target.policy,
     };
     let call = CallEvent {
         protocol: Some(Protocol::Cli),

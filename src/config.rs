@@ -250,6 +250,48 @@ pub struct FloodConfig {
     pub ranges: Vec<FloodRange>,
     /// One caller ringing many different DIDs or tenants.
     pub fan_out: FloodFanOut,
+    /// A DID or tenant receiving too many calls: the "under attack" state and its policy.
+    pub target: FloodTarget,
+}
+
+/// What changes for a DID or tenant under attack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackPolicy {
+    /// Only report it (logs, metrics).
+    None,
+    /// Also refuse anonymous callers and caller IDs that are not valid numbers.
+    BlockAnonymousInvalid,
+    /// Admit only allow-listed callers.
+    AllowListedOnly,
+}
+
+/// `[flood.target]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodTarget {
+    /// On or off (off by default: the right rate depends on the installation).
+    pub enabled: bool,
+    /// Window the rate is measured over, in seconds.
+    pub window_s: u64,
+    /// More calls per second than this to one DID or tenant start the attack state.
+    pub calls_per_second: f64,
+    /// The state ends once the rate has stayed at or below the limit this long, in seconds.
+    pub hold_down_s: u64,
+    /// What changes meanwhile.
+    pub policy: AttackPolicy,
+}
+
+impl Default for FloodTarget {
+    fn default() -> Self {
+        FloodTarget {
+            enabled: false,
+            window_s: 10,
+            calls_per_second: 20.0,
+            hold_down_s: 60,
+            policy: AttackPolicy::BlockAnonymousInvalid,
+        }
+    }
 }
 
 /// `[flood.per_caller]`.
@@ -337,6 +379,7 @@ impl Default for FloodConfig {
                 },
             ],
             fan_out: FloodFanOut::default(),
+            target: FloodTarget::default(),
         }
     }
 }
@@ -344,7 +387,7 @@ impl Default for FloodConfig {
 impl FloodConfig {
     /// The detectors' settings, checked.
     pub fn settings(&self) -> Result<crate::flood::FloodSettings, ConfigError> {
-        use crate::flood::{FanOutLimit, FloodSettings, RangeLimit, RateLimit};
+        use crate::flood::{FanOutLimit, FloodSettings, RangeLimit, RateLimit, TargetLimit};
         let secs = Duration::from_secs;
         let settings = FloodSettings {
             per_caller: self.per_caller.enabled.then(|| RateLimit {
@@ -368,7 +411,11 @@ impl FloodConfig {
                 ban: secs(self.fan_out.ban_s),
                 range_suffix_digits: None,
             }),
-            target: None,
+            target: self.target.enabled.then(|| TargetLimit {
+                window: secs(self.target.window_s),
+                calls_per_second: self.target.calls_per_second,
+                hold_down: secs(self.target.hold_down_s),
+            }),
             max_tracked: self.max_tracked,
         };
         settings.validate().map_err(|e| ConfigError::Invalid {

@@ -10,18 +10,31 @@ use tracing::{debug, info};
 use crate::bans::FloodHook;
 use crate::call::{CallEvent, Decision, Verdict};
 use crate::calllog::CallLog;
-use crate::flood::Observed;
+use crate::config::AttackPolicy;
+use crate::flood::{AttackState, Observed};
 use crate::number::{CallerNumber, Normalizer};
 use crate::rules::{self, CallFacts, ListKind, RuleAction, Snapshot, Tenant};
 use crate::snapshot::SnapshotHandle;
 
 /// Decision settings from config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// Action of block rules that have none of their own.
     pub default_action: RuleAction,
     /// Called number -> tenant, for calls whose request names no tenant.
     pub did_tenants: Arc<HashMap<CallerNumber, Tenant>>,
+    /// What changes for a DID or tenant under attack.
+    pub attack_policy: AttackPolicy,
+}
+
+impl Default for EngineSettings {
+    fn default() -> EngineSettings {
+        EngineSettings {
+            default_action: RuleAction::default(),
+            did_tenants: Arc::default(),
+            attack_policy: AttackPolicy::BlockAnonymousInvalid,
+        }
+    }
 }
 
 /// Decides calls against the current snapshot. Cheap to clone.
@@ -71,7 +84,7 @@ impl Engine {
     pub fn decide(&self, call: &CallEvent) -> Decision {
         let started = Instant::now();
         let snapshot = self.snapshot.load();
-        let decision = decide(
+        let mut decision = decide(
             call,
             &self.normalizer,
             &snapshot,
@@ -90,9 +103,17 @@ impl Engine {
                 did: did.as_ref(),
                 tenant: decision.tenant.as_ref(),
             };
-            let detections = flood.detector.observe(&observed, Instant::now());
+            let now = Instant::now();
+            let detections = flood.detector.observe(&observed, now);
             if !detections.is_empty() {
                 flood.report(detections);
+            }
+            if let Some(attack) =
+                flood
+                    .detector
+                    .under_attack(did.as_ref(), decision.tenant.as_ref(), now)
+            {
+                apply_attack_policy(&mut decision, &attack, &self.settings);
             }
         }
         let elapsed = started.elapsed();
@@ -141,6 +162,37 @@ impl Engine {
             );
         }
         decision
+    }
+}
+
+/// Under attack, a call no rule decided may still be refused: anonymous and invalid callers
+/// (`block_anonymous_invalid`), or everyone not on an allow list (`allow_listed_only`).
+pub fn apply_attack_policy(
+    decision: &mut Decision,
+    attack: &AttackState,
+    settings: &EngineSettings,
+) {
+    if decision.verdict == Verdict::Block || decision.allowed_by_list() {
+        return;
+    }
+    let refuse = match settings.attack_policy {
+        AttackPolicy::None => false,
+        AttackPolicy::BlockAnonymousInvalid => matches!(
+            decision.number,
+            CallerNumber::Anonymous | CallerNumber::Invalid(_)
+        ),
+        AttackPolicy::AllowListedOnly => true,
+    };
+    if refuse {
+        decision.verdict = Verdict::Block;
+        decision.action = Some(settings.default_action.clone());
+        decision.reason = format!(
+            "{} under attack ({:.0} calls/s)",
+            attack.target.as_str(),
+            attack.rate
+        );
+        decision.rule = "under-attack".to_owned();
+        decision.reason_kind = "under_attack";
     }
 }
 
@@ -349,5 +401,36 @@ mod tests {
             now,
         );
         assert_eq!(other.verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn attack_policies() {
+        let n = Normalizer::default();
+        let snap = snapshot(&[]);
+        let attack = AttackState {
+            since: std::time::Instant::now(),
+            rate: 42.0,
+            target: crate::flood::TargetKind::Tenant,
+        };
+        let now = SystemTime::now();
+        for (policy, caller, refused) in [
+            (AttackPolicy::None, "anonymous", false),
+            (AttackPolicy::BlockAnonymousInvalid, "anonymous", true),
+            (AttackPolicy::BlockAnonymousInvalid, "SPAM", true),
+            (AttackPolicy::BlockAnonymousInvalid, "84951234567", false),
+            (AttackPolicy::AllowListedOnly, "84951234567", true),
+        ] {
+            let settings = EngineSettings {
+                attack_policy: policy,
+                ..EngineSettings::default()
+            };
+            let mut d = decide(&call(caller, None, None), &n, &snap, &settings, now);
+            apply_attack_policy(&mut d, &attack, &settings);
+            assert_eq!(d.verdict == Verdict::Block, refused, "{policy:?} {caller}");
+            if refused {
+                assert_eq!(d.reason, "tenant under attack (42 calls/s)");
+                assert_eq!(d.action, Some(RuleAction::Hangup { cause: 21 }));
+            }
+        }
     }
 }

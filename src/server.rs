@@ -79,6 +79,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         EngineSettings {
             default_action: config.default_action()?,
             did_tenants: Arc::new(did_tenants),
+            attack_policy: config.flood.target.policy,
         },
     );
     let engine = if config.call_log.enabled {

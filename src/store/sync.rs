@@ -58,7 +58,13 @@ async fn publish(
     // Rule counts for the metrics walk every rule: do it beside the compile, off the runtime.
     let compiled = tokio::task::spawn_blocking(move || {
         let snapshot = Snapshot::compile_in(entries, v, &zone);
-        let counts = metrics::rule_counts(&snapshot, SystemTime::now());
+        let now = SystemTime::now();
+        let counts = metrics::rule_counts(&snapshot, now);
+        let bans = snapshot
+            .entries()
+            .filter(|e| e.is_live(now) && e.added_by.as_deref() == Some(crate::bans::DETECTOR))
+            .count();
+        metrics::set_active_bans(bans);
         (snapshot, counts)
     })
     .await;

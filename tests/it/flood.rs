@@ -122,3 +122,54 @@ fn bans_reach_a_second_node_through_redis() {
     let ttl = redis.cmd(&["PTTL", "callguard:block:+74997654321"]);
     assert!(ttl.starts_with(':') && ttl != ":-1", "bans expire: {ttl}");
 }
+
+#[test]
+fn a_did_under_attack_admits_only_allow_listed_callers() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    cli_ok(store, &["allow", "+74957000001", "--reason", "our courier"]);
+    let server = Server::start(
+        store,
+        &[
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+            ("CALLGUARD_FLOOD__TARGET__ENABLED", "true"),
+            ("CALLGUARD_FLOOD__TARGET__WINDOW_S", "2"),
+            ("CALLGUARD_FLOOD__TARGET__CALLS_PER_SECOND", "5"),
+            ("CALLGUARD_FLOOD__TARGET__HOLD_DOWN_S", "60"),
+            ("CALLGUARD_FLOOD__TARGET__POLICY", "allow_listed_only"),
+        ],
+    );
+    let to = |caller: &str, did: &str| {
+        crate::support::agi_call_with(server.agi, &[("agi_callerid", caller), ("agi_dnid", did)])
+    };
+    // Before: anyone gets through.
+    assert_eq!(to("84959990000", "4951112233").verdict(), "allow");
+    // 30 calls from 30 numbers within well under 2 s: more than 5 calls/s to one DID.
+    for i in 0..30 {
+        to(&format!("8916{:07}", 1_000_000 + i * 37), "4951112233");
+    }
+    let refused = to("84959990001", "4951112233");
+    assert_eq!(refused.verdict(), "block", "{refused:?}");
+    assert!(
+        refused.vars["CALLGUARD_REASON"].starts_with("did under attack"),
+        "{refused:?}"
+    );
+    assert_eq!(refused.vars["CALLGUARD_RULE"], "under-attack");
+    // Allow-listed callers still get through, and other DIDs are not affected.
+    assert_eq!(to("84957000001", "4951112233").verdict(), "allow");
+    assert_eq!(to("84959990002", "4951114455").verdict(), "allow");
+    let (_, text) = http_get(server.metrics.expect("metrics"), "/metrics");
+    assert_eq!(
+        metric_sum(&text, "callguard_targets_under_attack", &["kind=\"did\""]),
+        1.0,
+        "{text}"
+    );
+    // Calls of the burst after the attack began were refused too; every call is counted once.
+    let refused = metric_sum(
+        &text,
+        "callguard_calls_total",
+        &["reason_kind=\"under_attack\""],
+    );
+    assert!((1.0..=31.0).contains(&refused), "{refused}");
+    assert_eq!(metric_sum(&text, "callguard_calls_total", &[]), 34.0);
+}
