@@ -173,3 +173,43 @@ fn a_did_under_attack_admits_only_allow_listed_callers() {
     assert!((1.0..=31.0).contains(&refused), "{refused}");
     assert_eq!(metric_sum(&text, "callguard_calls_total", &[]), 34.0);
 }
+
+#[test]
+fn one_caller_sweeping_many_dids_is_banned_by_fan_out() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let server = Server::start(
+        store,
+        &[
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+            ("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "100"),
+            ("CALLGUARD_FLOOD__FAN_OUT__DISTINCT_TARGETS", "5"),
+        ],
+    );
+    let to = |did: &str| {
+        crate::support::agi_call_with(
+            server.agi,
+            &[("agi_callerid", "84951234567"), ("agi_dnid", did)],
+        )
+    };
+    // The same DID again and again is per-caller's business, not fan-out's.
+    for _ in 0..8 {
+        assert_eq!(to("4951110000").verdict(), "allow");
+    }
+    // Five distinct DIDs (the one above and four more) are within the limit...
+    for i in 1..=4 {
+        assert_eq!(to(&format!("495111000{i}")).verdict(), "allow");
+    }
+    assert!(cli_ok(store, &["list"]).is_empty(), "banned too early");
+    // ...the sixth trips it.
+    to("4951110005");
+    let took = within(Duration::from_secs(2), || {
+        to("4951110007").verdict() == "block"
+    });
+    assert!(took.is_some(), "fan-out did not ban the sweeping caller");
+    let list = cli_ok(store, &["list"]);
+    assert!(
+        list.contains("destinations") && list.contains("detector"),
+        "{list}"
+    );
+}
