@@ -1,6 +1,8 @@
-//! Automatic bans: what the flood detectors report on the decision path goes through a
-//! bounded queue to this writer, which stores each ban as an ordinary expiring block rule
-//! (`added_by = "detector"`), so every callguard node enforces it through the store sync.
+//! Flood glue with I/O: what the detectors report on the decision path goes through a bounded
+//! queue to a writer that stores each ban as an ordinary expiring block rule
+//! (`added_by = "detector"`), so every callguard node enforces it through the store sync; and,
+//! with Redis, the counting itself is shared: each node publishes its per-key call counts in
+//! batches (channel `<prefix>:flood`) and merges the other nodes' counts into its detectors.
 
 use std::time::{Instant, SystemTime};
 
@@ -8,14 +10,25 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use crate::flood::{AttackEvent, Ban, Detections, SharedDetector, TargetKind};
+use futures_util::StreamExt;
+use tracing::debug;
+
+use crate::flood::{
+    AttackEvent, Ban, Detections, FloodKey, NumberRange, Observed, SharedDetector, TargetKey,
+    TargetKind,
+};
 use crate::metrics;
 use crate::number::Normalizer;
+use crate::number::{CallerNumber, E164};
+use crate::rules::Tenant;
 use crate::rules::{Entry, ListKind, RulePattern};
 use crate::snapshot::SnapshotHandle;
+use crate::store::RedisStore;
 use crate::store::Store;
 
 /// Bans waiting to be written; when full, new ones are dropped (counted), never blocking a call.
@@ -29,11 +42,77 @@ pub struct FloodHook {
     /// The detectors.
     pub detector: SharedDetector,
     tx: mpsc::Sender<Ban>,
+    /// With Redis: counting keys of each call, batched to the other nodes.
+    share: Option<Share>,
     /// DIDs and tenants under attack now, for the gauge (starts and ends always pair up).
     attacked: Arc<[AtomicUsize; 2]>,
 }
 
+/// Local counts on their way to the other nodes.
+#[derive(Clone)]
+struct Share {
+    tx: mpsc::Sender<FloodKey>,
+    range_digits: Arc<[u8]>,
+}
+
+/// The counting keys one call adds to, as [`crate::flood::FloodDetector::merge_remote`] takes
+/// them on the other nodes (fan-out is not shared).
+pub fn keys_of(observed: &Observed<'_>, range_digits: &[u8]) -> Vec<FloodKey> {
+    let mut keys = Vec::with_capacity(2 + range_digits.len());
+    if let CallerNumber::E164(e) = observed.number {
+        keys.push(FloodKey::Caller(*e));
+        keys.extend(
+            range_digits
+                .iter()
+                .filter_map(|&k| NumberRange::of(*e, k))
+                .map(FloodKey::Range),
+        );
+    }
+    if let Some(did) = observed.did {
+        keys.push(FloodKey::Target(TargetKey::Did(did.clone())));
+    }
+    if let Some(tenant) = observed.tenant {
+        keys.push(FloodKey::Target(TargetKey::Tenant(tenant.clone())));
+    }
+    keys
+}
+
+/// Reads a key as [`FloodKey`]'s `Display` writes it (`caller:+7...`, `range:+7...XX`,
+/// `did:...`, `tenant:...`); `None` for anything else.
+pub fn parse_key(text: &str, normalizer: &Normalizer) -> Option<FloodKey> {
+    let (kind, value) = text.split_once(':')?;
+    match kind {
+        "caller" => E164::from_digits(value.strip_prefix('+')?).map(FloodKey::Caller),
+        "range" => {
+            let body = value.strip_prefix('+')?;
+            let fixed = body.trim_end_matches('X');
+            let k = u8::try_from(body.len() - fixed.len()).ok()?;
+            NumberRange::from_parts(fixed.parse().ok()?, k).map(FloodKey::Range)
+        }
+        "did" => match normalizer.normalize(value) {
+            n @ (CallerNumber::E164(_) | CallerNumber::Local(_)) => {
+                Some(FloodKey::Target(TargetKey::Did(n)))
+            }
+            _ => None,
+        },
+        "tenant" => Tenant::new(value)
+            .ok()
+            .map(|t| FloodKey::Target(TargetKey::Tenant(t))),
+        _ => None,
+    }
+}
+
 impl FloodHook {
+    /// Hands this call's counting keys to the sharer (with Redis); never waits.
+    pub fn share(&self, observed: &Observed<'_>) {
+        if let Some(share) = &self.share {
+            for key in keys_of(observed, &share.range_digits) {
+                // A full queue loses counts for the other nodes, never delays a call.
+                let _lost = share.tx.try_send(key);
+            }
+        }
+    }
+
     /// Hands bans to the writer and counts what fired; never waits.
     pub fn report(&self, detections: Detections) {
         for ban in detections.bans {
@@ -73,20 +152,53 @@ impl FloodHook {
     }
 }
 
-/// Starts the ban writer and the detectors' housekeeping; returns the engine's hook.
+/// Starts the ban writer, the detectors' housekeeping and, with Redis and `shared_ranges`
+/// (the K of each range detector), the shared counting; returns the engine's hook.
 pub fn start(
     detector: SharedDetector,
     store: Store,
     normalizer: Normalizer,
     snapshot: SnapshotHandle,
+    shared_ranges: Option<Vec<u8>>,
     shutdown: CancellationToken,
 ) -> FloodHook {
     let (tx, rx) = mpsc::channel(QUEUE);
+    let share = match (&store, shared_ranges) {
+        (Store::Redis(redis), Some(range_digits)) => {
+            let (share_tx, share_rx) = mpsc::channel(SHARE_QUEUE);
+            let node = node_id();
+            tokio::spawn(publisher(
+                share_rx,
+                (**redis).clone(),
+                node.clone(),
+                shutdown.clone(),
+            ));
+            Some((
+                Share {
+                    tx: share_tx,
+                    range_digits: range_digits.into(),
+                },
+                (**redis).clone(),
+                node,
+            ))
+        }
+        _ => None,
+    };
     let hook = FloodHook {
         detector,
         tx,
+        share: share.as_ref().map(|(s, _, _)| s.clone()),
         attacked: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
     };
+    if let Some((_, redis, node)) = share {
+        tokio::spawn(subscriber(
+            hook.clone(),
+            redis,
+            node,
+            normalizer.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(writer(rx, store, normalizer, snapshot, shutdown.clone()));
     let housekeeping = hook.clone();
     tokio::spawn(async move {
@@ -102,6 +214,109 @@ pub fn start(
         }
     });
     hook
+}
+
+/// Counting keys waiting to be published.
+const SHARE_QUEUE: usize = 65_536;
+/// How often local counts go out: well inside the 1 s detection budget.
+const SHARE_EVERY: Duration = Duration::from_millis(250);
+
+/// This process's id in shared counts, so it can ignore its own messages.
+fn node_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{}-{:x}", std::process::id(), nanos)
+}
+
+/// Aggregates local counting keys and publishes them every [`SHARE_EVERY`] as one message:
+/// the node id on the first line, then `key count` lines.
+async fn publisher(
+    mut rx: mpsc::Receiver<FloodKey>,
+    redis: RedisStore,
+    node: String,
+    shutdown: CancellationToken,
+) {
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    let mut tick = tokio::time::interval(SHARE_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            key = rx.recv() => match key {
+                Some(key) => *counts.entry(key.to_string()).or_default() += 1,
+                None => return,
+            },
+            _ = tick.tick() => {
+                if counts.is_empty() {
+                    continue;
+                }
+                let mut message = node.clone();
+                for (key, n) in counts.drain() {
+                    message.push('\n');
+                    message.push_str(&key);
+                    message.push(' ');
+                    message.push_str(&n.to_string());
+                }
+                if let Err(error) = redis.publish_flood(&message).await {
+                    debug!(%error, "flood: counts not shared");
+                }
+            }
+        }
+    }
+}
+
+/// Merges other nodes' counts into the local detectors; reconnects with backoff.
+async fn subscriber(
+    hook: FloodHook,
+    redis: RedisStore,
+    node: String,
+    normalizer: Normalizer,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let session = async {
+            let mut pubsub = redis.pubsub().await?;
+            pubsub.subscribe(redis.flood_channel()).await?;
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                let Ok(text) = msg.get_payload::<String>() else {
+                    continue;
+                };
+                let mut lines = text.lines();
+                if lines.next() == Some(node.as_str()) {
+                    continue;
+                }
+                let now = Instant::now();
+                for line in lines.take(100_000) {
+                    let Some((key, n)) = line.split_once(' ') else {
+                        continue;
+                    };
+                    let (Some(key), Ok(n)) = (parse_key(key, &normalizer), n.parse::<u32>()) else {
+                        continue;
+                    };
+                    hook.report(hook.detector.merge_remote(&key, n, now));
+                }
+            }
+            Ok::<(), crate::store::StoreError>(())
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = session => {
+                if let Err(error) = result {
+                    debug!(%error, "flood: shared counts interrupted");
+                } else {
+                    backoff = Duration::from_millis(100);
+                }
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 async fn writer(
@@ -152,5 +367,60 @@ async fn writer(
             ),
             Err(error) => warn!(rule = %entry.pattern, %error, "flood: ban not stored"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_keys_read_back_as_written() {
+        let n = Normalizer::default();
+        let number = n.normalize("84951234567");
+        let did = n.normalize("101");
+        let tenant = Tenant::new("acme").expect("tenant");
+        let observed = Observed {
+            number: &number,
+            did: Some(&did),
+            tenant: Some(&tenant),
+        };
+        let keys = keys_of(&observed, &[2, 4]);
+        let texts: Vec<String> = keys.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            texts,
+            [
+                "caller:+74951234567",
+                "range:+749512345XX",
+                "range:+7495123XXXX",
+                "did:local:101",
+                "tenant:acme",
+            ]
+        );
+        for (key, text) in keys.iter().zip(&texts) {
+            assert_eq!(parse_key(text, &n).as_ref(), Some(key), "{text}");
+        }
+        for bad in [
+            "",
+            "caller:",
+            "caller:abc",
+            "range:+XX",
+            "tenant:a b",
+            "evil:1",
+            "did:SPAM",
+        ] {
+            assert_eq!(parse_key(bad, &n), None, "{bad}");
+        }
+        // Withheld callers only count toward their targets.
+        let anonymous = CallerNumber::Anonymous;
+        let only_target = keys_of(
+            &Observed {
+                number: &anonymous,
+                did: Some(&did),
+                tenant: None,
+            },
+            &[2],
+        );
+        assert_eq!(only_target.len(), 1);
     }
 }

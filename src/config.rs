@@ -244,6 +244,9 @@ pub struct FloodConfig {
     pub enabled: bool,
     /// Keys each detector tracks at most (memory bound).
     pub max_tracked: usize,
+    /// With Redis: share call counts with the other callguard nodes, so a flood spread over
+    /// several PBX nodes is still seen.
+    pub shared: bool,
     /// One caller calling too often.
     pub per_caller: FloodRate,
     /// Many numbers sharing all but their last `suffix_digits` digits.
@@ -363,6 +366,7 @@ impl Default for FloodConfig {
         FloodConfig {
             enabled: true,
             max_tracked: 100_000,
+            shared: true,
             per_caller: FloodRate::default(),
             ranges: vec![
                 FloodRange {

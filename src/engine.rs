@@ -104,6 +104,7 @@ impl Engine {
                 tenant: decision.tenant.as_ref(),
             };
             let now = Instant::now();
+            flood.share(&observed);
             let detections = flood.detector.observe(&observed, now);
             if !detections.is_empty() {
                 flood.report(detections);

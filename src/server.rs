@@ -99,6 +99,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
             store.clone(),
             config.normalizer()?,
             snapshot.clone(),
+            config.flood.shared.then(|| {
+                config
+                    .flood
+                    .ranges
+                    .iter()
+                    .map(|r| r.suffix_digits)
+                    .collect()
+            }),
             shutdown.clone(),
         ))
     } else {

@@ -380,6 +380,23 @@ impl RedisStore {
     }
 
     /// Opens a pub/sub connection (bounded by the connect timeout).
+    /// The channel nodes share flood counts on, `<prefix>:flood`.
+    pub fn flood_channel(&self) -> String {
+        format!("{}:flood", self.prefix)
+    }
+
+    /// Publishes one batch of flood counts.
+    pub async fn publish_flood(&self, message: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.run(
+            redis::cmd("PUBLISH")
+                .arg(self.flood_channel())
+                .arg(message)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
     /// The call log stream key, `<prefix>:calls`.
     pub fn calls_key(&self) -> String {
         format!("{}:calls", self.prefix)

@@ -213,3 +213,29 @@ fn one_caller_sweeping_many_dids_is_banned_by_fan_out() {
         "{list}"
     );
 }
+
+#[test]
+fn a_flood_spread_over_two_nodes_is_counted_together_through_redis() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let env = [
+        ("CALLGUARD_FLOOD__ENABLED", "true"),
+        ("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "5"),
+    ];
+    let a = Server::start(&url, &env);
+    let b = Server::start(&url, &env);
+    // Each node sees 3 calls: under its own threshold, over it together.
+    for _ in 0..3 {
+        assert_eq!(agi_call(a.agi, "84991112233").verdict(), "allow");
+        assert_eq!(agi_call(b.agi, "84991112233").verdict(), "allow");
+    }
+    let took = within(Duration::from_secs(3), || {
+        redis.cmd(&["EXISTS", "callguard:block:+74991112233"]) == ":1"
+    });
+    assert!(took.is_some(), "the split flood was not banned");
+    let took = within(Duration::from_secs(2), || {
+        agi_call(a.agi, "84991112233").verdict() == "block"
+            && agi_call(b.agi, "84991112233").verdict() == "block"
+    });
+    assert!(took.is_some());
+}
