@@ -239,3 +239,67 @@ fn a_flood_spread_over_two_nodes_is_counted_together_through_redis() {
     });
     assert!(took.is_some());
 }
+
+#[test]
+fn mixed_traffic_bans_each_attack_shape_and_no_normal_caller() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let cfg_dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config_file(
+        &cfg_dir,
+        "[flood.per_caller]\nthreshold = 4\n\
+         [flood.fan_out]\ndistinct_targets = 4\n\
+         [[flood.ranges]]\nsuffix_digits = 2\nwindow_s = 60\nthreshold = 6\nban_s = 600\n",
+    );
+    let server = Server::start(
+        store,
+        &[
+            ("CALLGUARD_CONFIG", &cfg),
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+        ],
+    );
+    let call = |caller: &str, did: &str| {
+        crate::support::agi_call_with(server.agi, &[("agi_callerid", caller), ("agi_dnid", did)])
+            .verdict()
+            .to_owned()
+    };
+    // Interleave: every attack call is followed by a normal caller (distinct numbers from
+    // all over, each calling once or twice, to one of three DIDs).
+    let mut normal = 0;
+    let mut background = |call: &dyn Fn(&str, &str) -> String| {
+        normal += 1;
+        let caller = format!("+7{}{:07}", 900 + normal % 60, 2_000_000 + normal * 7_919);
+        let did = ["4951110001", "4951110002", "4951110003"][normal as usize % 3];
+        assert_eq!(
+            call(&caller, did),
+            "allow",
+            "normal caller {caller} refused"
+        );
+    };
+    for _ in 0..5 {
+        call("84951110001", "4951110001"); // one caller, too often
+        background(&call);
+    }
+    for i in 0..7 {
+        call(&format!("849733311{i:02}"), "4951110002"); // one hundred-block, once each
+        background(&call);
+    }
+    for i in 0..5 {
+        call("84962220002", &format!("49511100{i:02}")); // one caller, many DIDs
+        background(&call);
+    }
+    let took = within(Duration::from_secs(2), || {
+        let list = cli_ok(store, &["list"]);
+        list.contains("+74951110001")
+            && list.contains("+749733311XX")
+            && list.contains("+74962220002")
+    });
+    assert!(took.is_some(), "{}", cli_ok(store, &["list"]));
+    let list = cli_ok(store, &["list"]);
+    assert_eq!(
+        list.lines().count(),
+        3,
+        "only the three attackers are banned:\n{list}"
+    );
+    assert!(list.lines().all(|l| l.contains("detector")), "{list}");
+}
