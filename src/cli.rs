@@ -68,6 +68,35 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the call log (blocked and tagged calls; every call with call_log.all_calls).
     Log(LogArgs),
+    /// Play Asterisk against a running server: new connection per call, mixed caller-ID
+    /// formats, a share of numbers it blocked itself; checks every verdict.
+    Loadgen(LoadgenArgs),
+}
+
+/// `loadgen` arguments.
+#[derive(Debug, Args)]
+pub struct LoadgenArgs {
+    /// The server's FastAGI address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4573")]
+    pub agi: std::net::SocketAddr,
+    /// Calls to place.
+    #[arg(long, default_value_t = 10_000)]
+    pub calls: u64,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Calls per second (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Share of calls from blocked numbers.
+    #[arg(long, default_value_t = 0.3)]
+    pub blocked_share: f64,
+    /// Blocked numbers written to --store before the run (0: none, every call expects allow).
+    #[arg(long, default_value_t = 1000)]
+    pub blocked_numbers: u64,
+    /// How long to wait for the server to pick up the generated list.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub ready_timeout: Duration,
 }
 
 /// `log` arguments.
@@ -264,6 +293,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
         }
         Command::Check(args) => check(&config, args, &mut out).await?,
         Command::Log(args) => show_log(&config, args, &mut out).await?,
+        Command::Loadgen(args) => return loadgen(&config, args, &mut out).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -439,6 +469,55 @@ async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result
         }
     }
     Ok(())
+}
+
+async fn loadgen(
+    config: &Config,
+    args: LoadgenArgs,
+    out: &mut impl Write,
+) -> Result<ExitCode, CliError> {
+    use crate::loadgen::{self, LoadSettings};
+    let settings = LoadSettings {
+        agi: args.agi,
+        calls: args.calls,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        blocked_share: if args.blocked_numbers == 0 {
+            0.0
+        } else {
+            args.blocked_share
+        },
+        blocked_numbers: args.blocked_numbers,
+    };
+    if settings.blocked_numbers > 0 {
+        let store = open_store(config).await?;
+        loadgen::prepare(&store, &settings).await?;
+        // Wait until the server sees the list: a short probe run must block its blocked call.
+        let probe = LoadSettings {
+            calls: 1,
+            concurrency: 1,
+            rate: None,
+            blocked_share: 1.0,
+            ..settings.clone()
+        };
+        let deadline = std::time::Instant::now() + args.ready_timeout;
+        while loadgen::run(&probe).await.blocked == 0 {
+            if std::time::Instant::now() > deadline {
+                return Err(CliError::Usage(format!(
+                    "the server did not pick up the generated block list within {} (same --store?)",
+                    humantime::format_duration(args.ready_timeout)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let report = loadgen::run(&settings).await;
+    writeln!(out, "{}", report.summary())?;
+    Ok(if report.wrong == 0 && report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn show_log(config: &Config, args: LogArgs, out: &mut impl Write) -> Result<(), CliError> {

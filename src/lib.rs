@@ -14,6 +14,7 @@
 //! - [`lastcall`]: last caller per extension, for the "block the last caller" feature code.
 //! - [`config`]: typed configuration.
 //! - [`listener`]: generic accept loop.
+//! - [`loadgen`]: the FastAGI load generator (`callguard loadgen`).
 //! - [`agi`]: FastAGI front end.
 
 pub mod agi;
@@ -28,6 +29,7 @@ pub mod flood;
 pub mod http;
 pub mod lastcall;
 pub mod listener;
+pub mod loadgen;
 pub mod metrics;
 pub mod number;
 pub mod rules;
