@@ -344,11 +344,7 @@ async fn writer(
         };
         // Never replace a rule someone wrote (a permanent block, an allow): a ban is only for
         // callers no rule speaks about yet.
-        if snapshot
-            .load()
-            .entries()
-            .any(|e| e.tenant.is_none() && e.pattern == pattern)
-        {
+        if snapshot.load().has_rule(None, &pattern) {
             continue;
         }
         let now = SystemTime::now();

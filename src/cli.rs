@@ -276,7 +276,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
             };
             let snapshot = load_snapshot(&config).await?;
             let now = SystemTime::now();
-            let entries: Vec<&Entry> = snapshot
+            let entries: Vec<std::borrow::Cow<'_, Entry>> = snapshot
                 .live_entries(now)
                 .into_iter()
                 .filter(|e| only.as_ref().is_none_or(|t| e.tenant == *t))
@@ -286,7 +286,7 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
                 serde_json::to_writer_pretty(&mut out, &rows).map_err(std::io::Error::other)?;
                 writeln!(out)?;
             } else {
-                for e in entries {
+                for e in &entries {
                     writeln!(out, "{}", describe_row(e))?;
                 }
             }
@@ -577,7 +577,7 @@ async fn show_log(config: &Config, args: LogArgs, out: &mut impl Write) -> Resul
 }
 
 fn describe_match(m: &rules::Match<'_>) -> String {
-    let e = m.entry;
+    let e = m.entry.as_ref();
     format!(
         "{} {} {} [{}] {}",
         e.list,

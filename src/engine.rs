@@ -227,7 +227,8 @@ pub fn decide(
         did: did.as_ref(),
     };
     let outcome = rules::decide(facts, snapshot, now);
-    let (verdict, action) = match outcome.decided_by {
+    let decided_by = outcome.decided_by.as_deref();
+    let (verdict, action) = match decided_by {
         Some(rule) if rule.list == ListKind::Block => {
             let action = rule
                 .action
@@ -242,7 +243,7 @@ pub fn decide(
         }
         _ => (Verdict::Allow, None),
     };
-    let reason = match outcome.decided_by {
+    let reason = match decided_by {
         Some(entry) if !entry.reason.is_empty() => entry.reason.clone(),
         Some(entry) => format!("{} list", entry.list),
         None => "no match".to_owned(),
@@ -252,12 +253,11 @@ pub fn decide(
         action,
         number,
         reason,
-        rule: outcome
-            .decided_by
+        rule: decided_by
             .map(|e| e.pattern.to_string())
             .unwrap_or_default(),
-        matched: outcome.decided_by.map(|e| e.list),
-        reason_kind: crate::metrics::reason_kind(outcome.decided_by.map(|e| &e.pattern)),
+        matched: decided_by.map(|e| e.list),
+        reason_kind: crate::metrics::reason_kind(decided_by.map(|e| &e.pattern)),
         tenant,
     }
 }

@@ -509,15 +509,20 @@ pub fn rule_counts(snapshot: &Snapshot, now: SystemTime) -> RuleCounts {
             counts.by_kind.insert((list.as_str(), kind), 0);
         }
     }
-    for entry in snapshot.entries().filter(|e| e.is_live(now)) {
+    snapshot.for_each_rule(now, |rule| {
+        if !rule.live {
+            return;
+        }
         *counts
             .by_kind
-            .entry((entry.list.as_str(), entry.pattern.kind()))
+            .entry((rule.list.as_str(), rule.kind))
             .or_default() += 1;
-        if let Some(tenant) = &entry.tenant {
-            counts.tenants.insert(tenant.as_str().to_owned());
+        if let Some(tenant) = rule.tenant
+            && !counts.tenants.contains(tenant)
+        {
+            counts.tenants.insert(tenant.to_owned());
         }
-    }
+    });
     counts
 }
 

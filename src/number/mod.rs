@@ -26,6 +26,11 @@ impl E164 {
         E164::from_parts(digits.as_bytes(), &[])
     }
 
+    /// From the digits' value (as [`E164::value`] returns it): 1 to 15 digits, not 0.
+    pub fn from_value(value: u64) -> Option<E164> {
+        (value != 0 && value < 10u64.pow(plans::E164_MAX_DIGITS as u32)).then_some(E164(value))
+    }
+
     /// From a calling code and a national significant number, both ASCII digits.
     pub(crate) fn from_parts(code: &[u8], nsn: &[u8]) -> Option<E164> {
         let len = code.len() + nsn.len();

@@ -7,10 +7,12 @@
 //! specific, allow beats block; remaining ties go to the smaller canonical text.
 
 pub mod action;
+mod exact;
 pub mod matcher;
 pub mod pattern;
 pub mod schedule;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +20,9 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::number::CallerNumber;
+use crate::number::{CallerNumber, E164};
+
+use self::exact::{ExactTable, Strings};
 
 pub use self::action::RuleAction;
 pub use self::matcher::Matcher;
@@ -46,6 +50,8 @@ impl ListKind {
 
     /// Both lists, in display order.
     pub const ALL: [ListKind; 2] = [ListKind::Block, ListKind::Allow];
+    /// Both lists in precedence order (allow beats block).
+    pub const ALL_ALLOW_FIRST: [ListKind; 2] = [ListKind::Allow, ListKind::Block];
 }
 
 impl fmt::Display for ListKind {
@@ -242,40 +248,125 @@ struct CompiledRule {
     zone: Option<TimeZone>,
 }
 
-/// Everything a decision reads, compiled from the store's entries; immutable once built.
+/// What identifies a rule: tenant, list and canonical pattern (see [`Entry::key`]).
+pub type RuleKey = (Option<Tenant>, ListKind, RulePattern);
+
+/// The general rules: masks, ranges, words, and exact numbers with DIDs, actions or schedules.
+/// Few even on big deployments, so an edit among them recompiles them all.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+struct RichRules {
     rules: Vec<CompiledRule>,
     scopes: HashMap<ScopeKey, ScopeIndex>,
     counts: [usize; 2],
+}
+
+/// Everything a decision reads, compiled from the store's entries; immutable once built.
+/// Plain exact numbers (the bulk of any big list) live in a compact sharded table, the rest in
+/// indexed general rules; [`Snapshot::patched`] applies edits without recompiling either whole.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    rich: Arc<RichRules>,
+    exact: ExactTable,
+    strings: Strings,
     version: u64,
 }
 
-impl Snapshot {
-    /// Compiles entries with schedules read in UTC; see [`Snapshot::compile_in`].
-    pub fn compile(entries: impl IntoIterator<Item = Entry>, version: u64) -> Snapshot {
-        Snapshot::compile_in(entries, version, &TimeZone::utc())
+/// Collects entries into a [`Snapshot`] one at a time, so a big load never holds them all as
+/// general entries: plain numbers go straight into 32-byte slots.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    strings: Strings,
+    slots: Vec<exact::Slot>,
+    rich: HashMap<RuleKey, Entry>,
+    zone: TimeZone,
+}
+
+impl SnapshotBuilder {
+    /// An empty builder; `zone` reads schedules of entries that name none.
+    pub fn new(zone: &TimeZone) -> SnapshotBuilder {
+        SnapshotBuilder {
+            strings: Strings::new(),
+            slots: Vec::new(),
+            rich: HashMap::new(),
+            zone: zone.clone(),
+        }
     }
 
-    /// Compiles entries into a snapshot. Duplicates (one rule written in several formats)
-    /// merge into the entry that lives longest. `zone` reads schedules of entries without one.
-    pub fn compile_in(
-        entries: impl IntoIterator<Item = Entry>,
-        version: u64,
-        zone: &TimeZone,
-    ) -> Snapshot {
-        let mut unique: HashMap<(Option<Tenant>, ListKind, RulePattern), Entry> = HashMap::new();
-        for entry in entries {
-            let key = (entry.tenant.clone(), entry.list, entry.pattern.clone());
-            match unique.get(&key) {
-                Some(existing) if !entry.outlives(existing) => {}
-                _ => {
-                    unique.insert(key, entry);
-                }
+    /// Adds one entry; of several for one key the longest-lived wins.
+    pub fn add(&mut self, entry: Entry) {
+        if let Some(slot) = exact::to_slot(&entry, &mut self.strings) {
+            self.slots.push(slot);
+            return;
+        }
+        let key = (entry.tenant.clone(), entry.list, entry.pattern.clone());
+        match self.rich.get(&key) {
+            Some(existing) if !entry.outlives(existing) => {}
+            _ => {
+                self.rich.insert(key, entry);
             }
         }
-        let mut ranked: Vec<(u128, u8, String, Entry)> = unique
+    }
+
+    /// Entries added so far (duplicates included).
+    pub fn len(&self) -> usize {
+        self.slots.len() + self.rich.len()
+    }
+
+    /// True when nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Compiles what was added.
+    pub fn finish(self, version: u64) -> Snapshot {
+        let strings = self.strings;
+        let mut exact = ExactTable::build(self.slots);
+        // One key written twice, once plainly and once with extras: keep the longer-lived.
+        let mut evict = Vec::new();
+        let rich: Vec<Arc<Entry>> = self
+            .rich
             .into_values()
+            .filter(
+                |e| match plain_key(e, &strings).and_then(|k| exact.get(k.0, k.1)) {
+                    Some(slot) if e.outlives(&exact::to_entry(slot, &strings)) => {
+                        evict.push((slot.key(), None));
+                        true
+                    }
+                    Some(_) => false,
+                    None => true,
+                },
+            )
+            .map(Arc::new)
+            .collect();
+        if !evict.is_empty() {
+            exact = exact.patched(&evict);
+        }
+        Snapshot {
+            rich: Arc::new(RichRules::compile(rich, &self.zone)),
+            exact,
+            strings,
+            version,
+        }
+    }
+}
+
+/// Where `entry` would sit in the compact table, if its tenant is known there.
+fn plain_key(entry: &Entry, strings: &Strings) -> Option<(u64, exact::Scope)> {
+    let RulePattern::Exact(CallerNumber::E164(n)) = entry.pattern else {
+        return None;
+    };
+    let tenant = match &entry.tenant {
+        None => 0,
+        Some(t) => strings.find(t.as_str())?,
+    };
+    Some((n.value(), exact::Scope::new(tenant, entry.list)))
+}
+
+impl RichRules {
+    /// Ranks (precedence order = ids) and indexes entries with distinct keys.
+    fn compile(entries: Vec<Arc<Entry>>, zone: &TimeZone) -> RichRules {
+        let mut ranked: Vec<(u128, u8, String, Arc<Entry>)> = entries
+            .into_iter()
             .map(|e| {
                 let list_rank = match e.list {
                     ListKind::Allow => 0,
@@ -293,14 +384,11 @@ impl Snapshot {
         ranked.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
 
         let mut zones: HashMap<String, TimeZone> = HashMap::new();
-        let mut snapshot = Snapshot {
-            version,
-            ..Snapshot::default()
-        };
+        let mut out = RichRules::default();
         let mut masks: HashMap<ScopeKey, Vec<(matcher::DigitPattern, u32)>> = HashMap::new();
         for (id, (_, _, _, entry)) in ranked.into_iter().enumerate() {
             let Ok(id) = u32::try_from(id) else { break };
-            snapshot.counts[entry.list as usize] += 1;
+            out.counts[entry.list as usize] += 1;
             let scope_keys: Vec<ScopeKey> = if entry.dids.is_empty() {
                 vec![ScopeKey {
                     tenant: entry.tenant.clone(),
@@ -318,7 +406,7 @@ impl Snapshot {
             };
             for key in scope_keys {
                 match &entry.pattern {
-                    RulePattern::Exact(n) => snapshot
+                    RulePattern::Exact(n) => out
                         .scopes
                         .entry(key)
                         .or_default()
@@ -327,7 +415,7 @@ impl Snapshot {
                         .or_default()
                         .push(id),
                     RulePattern::AnyInvalid => {
-                        snapshot.scopes.entry(key).or_default().invalid.push(id);
+                        out.scopes.entry(key).or_default().invalid.push(id);
                     }
                     pattern => {
                         let list = masks.entry(key).or_default();
@@ -342,46 +430,12 @@ impl Snapshot {
                     .or_insert_with(|| TimeZone::parse(name).unwrap_or_else(|_| zone.clone()))
                     .clone(),
             });
-            snapshot.rules.push(CompiledRule {
-                entry: Arc::new(entry),
-                zone,
-            });
+            out.rules.push(CompiledRule { entry, zone });
         }
         for (key, patterns) in masks {
-            snapshot.scopes.entry(key).or_default().masks = Matcher::build(patterns);
+            out.scopes.entry(key).or_default().masks = Matcher::build(patterns);
         }
-        snapshot
-    }
-
-    /// Monotonic build counter, for logs.
-    pub fn version(&self) -> u64 {
-        self.version
-    }
-
-    /// Number of rules on `list` (expired ones included until the next sync drops them).
-    pub fn len(&self, list: ListKind) -> usize {
-        self.counts[list as usize]
-    }
-
-    /// True when there are no rules at all.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
-    /// Every rule (deduplicated), in precedence order.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.rules.iter().map(|r| r.entry.as_ref())
-    }
-
-    /// All entries live at `now`, sorted by tenant, list, then canonical pattern (stable output).
-    pub fn live_entries(&self, now: SystemTime) -> Vec<&Entry> {
-        let mut out: Vec<(&Entry, String)> = self
-            .entries()
-            .filter(|e| e.is_live(now))
-            .map(|e| (e, e.pattern.to_string()))
-            .collect();
-        out.sort_by(|a, b| (&a.0.tenant, a.0.list, &a.1).cmp(&(&b.0.tenant, b.0.list, &b.1)));
-        out.into_iter().map(|(e, _)| e).collect()
+        out
     }
 
     /// True when rule `id` is live and inside its schedule at `now`.
@@ -397,6 +451,9 @@ impl Snapshot {
     }
 
     fn scope(&self, level: ScopeLevel, facts: &CallFacts<'_>) -> Option<&ScopeIndex> {
+        if self.scopes.is_empty() {
+            return None;
+        }
         let key = match level {
             ScopeLevel::TenantDid => ScopeKey {
                 tenant: Some(facts.tenant?.clone()),
@@ -417,6 +474,249 @@ impl Snapshot {
         };
         self.scopes.get(&key)
     }
+
+    /// The first rule in precedence order at `level` that matches and applies.
+    fn best(&self, level: ScopeLevel, facts: &CallFacts<'_>, now: SystemTime) -> Option<u32> {
+        let index = self.scope(level, facts)?;
+        let applies = |id: u32| self.applies(id, now);
+        let exact = index
+            .exact
+            .get(facts.number)
+            .and_then(|ids| ids.iter().copied().find(|&id| applies(id)));
+        let wider = match facts.number {
+            CallerNumber::E164(e) => {
+                let mut buf = [0u8; 20];
+                index.masks.best(e164_digits(e.value(), &mut buf), applies)
+            }
+            CallerNumber::Invalid(_) => index.invalid.iter().copied().find(|&id| applies(id)),
+            _ => None,
+        };
+        match (exact, wider) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn entry(&self, id: u32) -> Option<&Entry> {
+        self.rules.get(id as usize).map(|r| r.entry.as_ref())
+    }
+}
+
+impl Snapshot {
+    /// Compiles entries with schedules read in UTC; see [`Snapshot::compile_in`].
+    pub fn compile(entries: impl IntoIterator<Item = Entry>, version: u64) -> Snapshot {
+        Snapshot::compile_in(entries, version, &TimeZone::utc())
+    }
+
+    /// Compiles entries into a snapshot. Duplicates (one rule written in several formats)
+    /// merge into the entry that lives longest. `zone` reads schedules of entries without one.
+    pub fn compile_in(
+        entries: impl IntoIterator<Item = Entry>,
+        version: u64,
+        zone: &TimeZone,
+    ) -> Snapshot {
+        let mut builder = SnapshotBuilder::new(zone);
+        for entry in entries {
+            builder.add(entry);
+        }
+        builder.finish(version)
+    }
+
+    /// A new snapshot with `changes` applied: each key gets the entry given (it must have that
+    /// key) or, for `None`, is removed. Only what the changes touch is rebuilt: the shards of
+    /// the compact table they fall in, and the general rules when one of those changed.
+    pub fn patched(
+        &self,
+        changes: Vec<(RuleKey, Option<Entry>)>,
+        version: u64,
+        zone: &TimeZone,
+    ) -> Snapshot {
+        let mut strings = self.strings.clone();
+        let mut exact_changes = Vec::new();
+        let mut rich_added = Vec::new();
+        let mut touched: std::collections::HashSet<RuleKey> = std::collections::HashSet::new();
+        // The last change to a key wins.
+        let changes: HashMap<RuleKey, Option<Entry>> = changes.into_iter().collect();
+        for (key, entry) in changes {
+            let (tenant, list, pattern) = &key;
+            if let RulePattern::Exact(CallerNumber::E164(n)) = pattern {
+                let tenant_id = match tenant {
+                    None => Some(0),
+                    Some(t) => strings.find(t.as_str()),
+                };
+                if let Some(id) = tenant_id {
+                    exact_changes.push(((n.value(), exact::Scope::new(id, *list)), None));
+                }
+            }
+            if let Some(entry) = entry.filter(|e| e.key() == (tenant.as_ref(), *list, pattern)) {
+                match exact::to_slot(&entry, &mut strings) {
+                    Some(slot) => exact_changes.push((slot.key(), Some(slot))),
+                    None => rich_added.push(Arc::new(entry)),
+                }
+            }
+            touched.insert(key);
+        }
+        let rich_hit = self.rich.rules.iter().any(|r| {
+            let (t, l, p) = r.entry.key();
+            touched.contains(&(t.cloned(), l, p.clone()))
+        });
+        let rich = if rich_hit || !rich_added.is_empty() {
+            let mut entries: Vec<Arc<Entry>> = self
+                .rich
+                .rules
+                .iter()
+                .filter(|r| {
+                    let (t, l, p) = r.entry.key();
+                    !touched.contains(&(t.cloned(), l, p.clone()))
+                })
+                .map(|r| r.entry.clone())
+                .collect();
+            entries.extend(rich_added);
+            Arc::new(RichRules::compile(entries, zone))
+        } else {
+            self.rich.clone()
+        };
+        let exact = if exact_changes.is_empty() {
+            self.exact.clone()
+        } else {
+            self.exact.patched(&exact_changes)
+        };
+        Snapshot {
+            rich,
+            exact,
+            strings,
+            version,
+        }
+    }
+
+    /// Monotonic build counter, for logs.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Number of rules on `list` (expired ones included until the next sync drops them).
+    pub fn len(&self, list: ListKind) -> usize {
+        self.rich.counts[list as usize] + self.exact.count(list)
+    }
+
+    /// True when there are no rules at all.
+    pub fn is_empty(&self) -> bool {
+        self.rich.rules.is_empty() && self.exact.len() == 0
+    }
+
+    /// Distinct strings held for compact rules (reasons, authors, tenants); grows with edits
+    /// until the next full load, which is when a caller may want to rebuild.
+    pub fn string_count(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Every rule (deduplicated): general rules in precedence order, then compact ones.
+    /// Compact rules are materialized one by one; a 10-million list takes seconds to walk.
+    pub fn entries(&self) -> impl Iterator<Item = Cow<'_, Entry>> {
+        self.rich
+            .rules
+            .iter()
+            .map(|r| Cow::Borrowed(r.entry.as_ref()))
+            .chain(
+                self.exact
+                    .iter()
+                    .map(|s| Cow::Owned(exact::to_entry(s, &self.strings))),
+            )
+    }
+
+    /// Walks every rule's list, kind, tenant, author and liveness at `now`, without building
+    /// entries: what metrics need, fast enough for every publish.
+    pub fn for_each_rule(&self, now: SystemTime, mut f: impl FnMut(RuleSummary<'_>)) {
+        for r in &self.rich.rules {
+            f(RuleSummary {
+                list: r.entry.list,
+                kind: r.entry.pattern.kind(),
+                tenant: r.entry.tenant.as_ref().map(Tenant::as_str),
+                added_by: r.entry.added_by.as_deref(),
+                live: r.entry.is_live(now),
+            });
+        }
+        let now_ms = exact::unix_ms(now);
+        for s in self.exact.iter() {
+            let scope = s.scope();
+            f(RuleSummary {
+                list: scope.list(),
+                kind: "exact",
+                tenant: s.tenant().map(|id| self.strings.get(id)),
+                added_by: s.added_by().map(|id| self.strings.get(id)),
+                live: s.is_live(now_ms),
+            });
+        }
+    }
+
+    /// True when `tenant`'s (or the global) block or allow list has a rule for `pattern`.
+    pub fn has_rule(&self, tenant: Option<&Tenant>, pattern: &RulePattern) -> bool {
+        ListKind::ALL.into_iter().any(|list| {
+            let probe = Entry {
+                tenant: tenant.cloned(),
+                ..Entry::new(list, pattern.clone())
+            };
+            plain_key(&probe, &self.strings).is_some_and(|k| self.exact.get(k.0, k.1).is_some())
+        }) || self
+            .rich
+            .rules
+            .iter()
+            .any(|r| r.entry.tenant.as_ref() == tenant && r.entry.pattern == *pattern)
+    }
+
+    /// All entries live at `now`, sorted by tenant, list, then canonical pattern (stable output).
+    pub fn live_entries(&self, now: SystemTime) -> Vec<Cow<'_, Entry>> {
+        let mut out: Vec<(Cow<'_, Entry>, String)> = self
+            .entries()
+            .filter(|e| e.is_live(now))
+            .map(|e| {
+                let text = e.pattern.to_string();
+                (e, text)
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0.tenant, a.0.list, &a.1).cmp(&(&b.0.tenant, b.0.list, &b.1)));
+        out.into_iter().map(|(e, _)| e).collect()
+    }
+
+    /// The live compact rule for the call at `level` (tenant or global only), allow first.
+    fn plain(
+        &self,
+        level: ScopeLevel,
+        facts: &CallFacts<'_>,
+        now_ms: u64,
+        live_only: bool,
+    ) -> impl Iterator<Item = &exact::Slot> {
+        let number = facts.number.as_e164().map(E164::value);
+        let tenant = match level {
+            ScopeLevel::Global => Some(0),
+            ScopeLevel::Tenant => facts.tenant.and_then(|t| self.strings.find(t.as_str())),
+            _ => None,
+        };
+        let key = number.zip(tenant);
+        ListKind::ALL_ALLOW_FIRST
+            .into_iter()
+            .filter_map(move |list| {
+                let (n, t) = key?;
+                self.exact
+                    .get(n, exact::Scope::new(t, list))
+                    .filter(|s| !live_only || s.is_live(now_ms))
+            })
+    }
+}
+
+/// One rule as [`Snapshot::for_each_rule`] shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleSummary<'a> {
+    /// Its list.
+    pub list: ListKind,
+    /// Its pattern's kind (see [`RulePattern::kind`]).
+    pub kind: &'static str,
+    /// Its tenant, if any.
+    pub tenant: Option<&'a str>,
+    /// Who added it, if known.
+    pub added_by: Option<&'a str>,
+    /// Not expired.
+    pub live: bool,
 }
 
 const LEVELS: [ScopeLevel; 4] = [
@@ -442,10 +742,11 @@ fn e164_digits(value: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// Result of deciding one call against a snapshot.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome<'a> {
     /// The rule that decided, if any; `None` means no rule matched (the call is allowed).
-    pub decided_by: Option<&'a Entry>,
+    /// Borrowed for general rules, built on the spot for compact ones.
+    pub decided_by: Option<Cow<'a, Entry>>,
     /// The scope the deciding rule came from.
     pub level: Option<ScopeLevel>,
 }
@@ -453,37 +754,37 @@ pub struct Outcome<'a> {
 impl Outcome<'_> {
     /// Block when the deciding rule is on the block list.
     pub fn is_block(&self) -> bool {
-        self.decided_by.is_some_and(|e| e.list == ListKind::Block)
+        self.decided_by
+            .as_ref()
+            .is_some_and(|e| e.list == ListKind::Block)
     }
 }
 
 /// Decides one call: the most specific scope with an applying rule decides; inside it the
 /// rule first in precedence order. O(number length) per scope, whatever the rule count.
 pub fn decide<'a>(facts: CallFacts<'_>, snapshot: &'a Snapshot, now: SystemTime) -> Outcome<'a> {
-    let applies = |id: u32| snapshot.applies(id, now);
+    let now_ms = exact::unix_ms(now);
     for level in LEVELS {
-        let Some(index) = snapshot.scope(level, &facts) else {
-            continue;
-        };
-        let mut best = index
-            .exact
-            .get(facts.number)
-            .and_then(|ids| ids.iter().copied().find(|&id| applies(id)));
-        let wider = match facts.number {
-            CallerNumber::E164(e) => {
-                let mut buf = [0u8; 20];
-                index.masks.best(e164_digits(e.value(), &mut buf), applies)
+        let rich = snapshot.rich.best(level, &facts, now);
+        let plain = snapshot.plain(level, &facts, now_ms, true).next();
+        let decided_by = match (plain, rich) {
+            // A compact rule is exact, the narrowest kind: it loses only to an exact allow
+            // (a compact allow for the same key cannot exist beside it).
+            (Some(slot), Some(id))
+                if slot.scope().list() == ListKind::Block
+                    && snapshot.rich.entry(id).is_some_and(|e| {
+                        e.list == ListKind::Allow && matches!(e.pattern, RulePattern::Exact(_))
+                    }) =>
+            {
+                snapshot.rich.entry(id).map(Cow::Borrowed)
             }
-            CallerNumber::Invalid(_) => index.invalid.iter().copied().find(|&id| applies(id)),
-            _ => None,
+            (Some(slot), _) => Some(Cow::Owned(exact::to_entry(slot, &snapshot.strings))),
+            (None, Some(id)) => snapshot.rich.entry(id).map(Cow::Borrowed),
+            (None, None) => None,
         };
-        best = match (best, wider) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Some(id) = best {
+        if decided_by.is_some() {
             return Outcome {
-                decided_by: snapshot.rules.get(id as usize).map(|r| r.entry.as_ref()),
+                decided_by,
                 level: Some(level),
             };
         }
@@ -495,10 +796,10 @@ pub fn decide<'a>(facts: CallFacts<'_>, snapshot: &'a Snapshot, now: SystemTime)
 }
 
 /// One rule that matched a call, for `check --explain`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Match<'a> {
     /// The rule.
-    pub entry: &'a Entry,
+    pub entry: Cow<'a, Entry>,
     /// The scope it matched at.
     pub level: ScopeLevel,
     /// False when it has expired or is outside its schedule at the time asked.
@@ -514,37 +815,62 @@ pub fn explain<'a>(
     now: SystemTime,
 ) -> Vec<Match<'a>> {
     let winner = decide(facts, snapshot, now);
-    let mut found: Vec<(ScopeLevel, u32)> = Vec::new();
+    let now_ms = exact::unix_ms(now);
+    let mut out: Vec<Match<'a>> = Vec::new();
     for level in LEVELS {
-        let Some(index) = snapshot.scope(level, &facts) else {
-            continue;
-        };
-        let mut ids: Vec<u32> = index.exact.get(facts.number).cloned().unwrap_or_default();
-        match facts.number {
-            CallerNumber::E164(e) => {
-                let mut buf = [0u8; 20];
-                ids.extend(index.masks.all(e164_digits(e.value(), &mut buf)));
+        let mut found: Vec<(Cow<'a, Entry>, bool)> = snapshot
+            .plain(level, &facts, now_ms, false)
+            .map(|s| {
+                (
+                    Cow::Owned(exact::to_entry(s, &snapshot.strings)),
+                    s.is_live(now_ms),
+                )
+            })
+            .collect();
+        if let Some(index) = snapshot.rich.scope(level, &facts) {
+            let mut ids: Vec<u32> = index.exact.get(facts.number).cloned().unwrap_or_default();
+            match facts.number {
+                CallerNumber::E164(e) => {
+                    let mut buf = [0u8; 20];
+                    ids.extend(index.masks.all(e164_digits(e.value(), &mut buf)));
+                }
+                CallerNumber::Invalid(_) => ids.extend(&index.invalid),
+                _ => {}
             }
-            CallerNumber::Invalid(_) => ids.extend(&index.invalid),
-            _ => {}
+            ids.sort_unstable();
+            ids.dedup();
+            found.extend(ids.into_iter().filter_map(|id| {
+                Some((
+                    Cow::Borrowed(snapshot.rich.entry(id)?),
+                    snapshot.rich.applies(id, now),
+                ))
+            }));
         }
-        ids.sort_unstable();
-        ids.dedup();
-        found.extend(ids.into_iter().map(|id| (level, id)));
-    }
-    let mut out: Vec<Match<'a>> = found
-        .into_iter()
-        .filter_map(|(level, id)| {
-            let entry = snapshot.rules.get(id as usize)?.entry.as_ref();
-            Some(Match {
+        // Precedence order inside the level: breadth, allow before block, then text.
+        found.sort_by_cached_key(|(e, _)| {
+            (
+                e.pattern.breadth(),
+                e.list == ListKind::Block,
+                match e.pattern {
+                    RulePattern::Exact(_) => String::new(),
+                    ref p => p.to_string(),
+                },
+            )
+        });
+        out.extend(found.into_iter().map(|(entry, applies)| {
+            let is_winner = winner.level == Some(level)
+                && winner
+                    .decided_by
+                    .as_ref()
+                    .is_some_and(|w| w.key() == entry.key());
+            Match {
                 entry,
                 level,
-                applies: snapshot.applies(id, now),
-                winner: winner.level == Some(level)
-                    && winner.decided_by.is_some_and(|w| std::ptr::eq(w, entry)),
-            })
-        })
-        .collect();
+                applies,
+                winner: is_winner,
+            }
+        }));
+    }
     // Stable: keeps scope and precedence order behind the winner.
     out.sort_by_key(|m| !m.winner);
     out
@@ -830,11 +1156,11 @@ mod tests {
         let n = Normalizer::default().normalize("+74951234567");
         let at = |s| decide(CallFacts::number(&n), &snap, t0() + Duration::from_secs(s));
         assert_eq!(
-            at(0).decided_by.map(|e| e.reason.as_str()),
+            at(0).decided_by.map(|e| e.reason.clone()).as_deref(),
             Some("block +74951234567")
         );
         assert_eq!(
-            at(60).decided_by.map(|e| e.reason.as_str()),
+            at(60).decided_by.map(|e| e.reason.clone()).as_deref(),
             Some("block +7495*")
         );
         let all = explain(CallFacts::number(&n), &snap, t0() + Duration::from_secs(60));
@@ -877,7 +1203,7 @@ mod tests {
         let n = Normalizer::default().normalize("4951234567");
         let outcome = decide(CallFacts::number(&n), &snap, t0() + Duration::from_secs(5));
         assert_eq!(
-            outcome.decided_by.map(|e| e.reason.as_str()),
+            outcome.decided_by.map(|e| e.reason.clone()).as_deref(),
             Some("permanent")
         );
     }
@@ -1058,14 +1384,15 @@ mod tests {
             ) {
                 let snap = Snapshot::compile(entries.clone(), 1);
                 // The merge the snapshot does: one entry per key, the longest-lived.
-                let merged: Vec<Entry> = snap.entries().cloned().collect();
+                let merged: Vec<Entry> = snap.entries().map(Cow::into_owned).collect();
                 let n = Normalizer::default();
                 for (number, tenant, did) in calls {
                     let number = n.normalize(&number);
                     let tenant = tenant.map(|t| Tenant::new(TENANTS[t]).expect("tenant"));
                     let did = did.map(|d| n.normalize(DIDS[d]));
                     let facts = CallFacts { number: &number, tenant: tenant.as_ref(), did: did.as_ref() };
-                    let got = decide(facts, &snap, t0()).decided_by.map(|e| e.key());
+                    let outcome = decide(facts, &snap, t0());
+                    let got = outcome.decided_by.as_deref().map(Entry::key);
                     let want = naive(&merged, &facts).map(|e| e.key());
                     prop_assert_eq!(got, want, "call {} tenant {:?} did {:?}", number, tenant, did);
                     let explained = explain(facts, &snap, t0());
@@ -1074,6 +1401,64 @@ mod tests {
                         .filter(|e| e.pattern.matches(&number) && level_of(e, &facts).is_some())
                         .count();
                     prop_assert_eq!(explained.len(), all);
+                }
+            }
+
+            #[test]
+            fn patched_snapshot_decides_like_a_fresh_compile(
+                before in proptest::collection::vec(entry(), 0..20),
+                added in proptest::collection::vec(entry(), 0..10),
+                removed in proptest::collection::vec(0usize..20, 0..6),
+                calls in proptest::collection::vec(
+                    (
+                        prop_oneof![
+                            digits4().prop_map(|d| format!("+7495123{d}")),
+                            Just("anonymous".to_owned()),
+                            Just("SPAM".to_owned()),
+                        ],
+                        proptest::option::of(0usize..2),
+                        proptest::option::of(0usize..2),
+                    ),
+                    1..12,
+                ),
+            ) {
+                let zone = TimeZone::utc();
+                let base = Snapshot::compile(before.clone(), 1);
+                let mut want: HashMap<RuleKey, Entry> = base
+                    .entries()
+                    .map(|e| ((e.tenant.clone(), e.list, e.pattern.clone()), e.into_owned()))
+                    .collect();
+                let mut changes: Vec<(RuleKey, Option<Entry>)> = Vec::new();
+                for i in removed {
+                    if let Some(e) = before.get(i) {
+                        let key = (e.tenant.clone(), e.list, e.pattern.clone());
+                        want.remove(&key);
+                        changes.push((key, None));
+                    }
+                }
+                for e in added {
+                    let key = (e.tenant.clone(), e.list, e.pattern.clone());
+                    want.insert(key.clone(), e.clone());
+                    changes.push((key, Some(e)));
+                }
+                let patched = base.patched(changes, 2, &zone);
+                let fresh = Snapshot::compile(want.into_values(), 2);
+                prop_assert_eq!(patched.len(ListKind::Block), fresh.len(ListKind::Block));
+                prop_assert_eq!(patched.len(ListKind::Allow), fresh.len(ListKind::Allow));
+                let n = Normalizer::default();
+                for (number, tenant, did) in calls {
+                    let number = n.normalize(&number);
+                    let tenant = tenant.map(|t| Tenant::new(TENANTS[t]).expect("tenant"));
+                    let did = did.map(|d| n.normalize(DIDS[d]));
+                    let facts = CallFacts { number: &number, tenant: tenant.as_ref(), did: did.as_ref() };
+                    let got = decide(facts, &patched, t0());
+                    let want = decide(facts, &fresh, t0());
+                    prop_assert_eq!(got.decided_by, want.decided_by);
+                    prop_assert_eq!(got.level, want.level);
+                    prop_assert_eq!(
+                        explain(facts, &patched, t0()).len(),
+                        explain(facts, &fresh, t0()).len()
+                    );
                 }
             }
         }

@@ -60,10 +60,12 @@ async fn publish(
         let snapshot = Snapshot::compile_in(entries, v, &zone);
         let now = SystemTime::now();
         let counts = metrics::rule_counts(&snapshot, now);
-        let bans = snapshot
-            .entries()
-            .filter(|e| e.is_live(now) && e.added_by.as_deref() == Some(crate::bans::DETECTOR))
-            .count();
+        let mut bans = 0;
+        snapshot.for_each_rule(now, |r| {
+            if r.live && r.added_by == Some(crate::bans::DETECTOR) {
+                bans += 1;
+            }
+        });
         metrics::set_active_bans(bans);
         (snapshot, counts)
     })
