@@ -513,10 +513,14 @@ pub struct RedisSettings {
     pub configure_notifications: bool,
     /// Without notifications: full reload interval, in ms (cost grows with list size).
     pub poll_interval_ms: u64,
-    /// With notifications: safety-net full reload interval, in ms.
+    /// With notifications: safety-net full reload interval, in ms (a 10-million-entry list
+    /// takes tens of seconds of Redis work to reload).
     pub full_resync_interval_ms: u64,
     /// Longest wait between reconnect attempts, in ms.
     pub max_backoff_ms: u64,
+    /// `block`/`unblock` also SCAN for hand-typed spellings of a number while the database
+    /// holds at most this many keys; above it they rely on the alias sets servers keep.
+    pub spelling_scan_max_keys: u64,
 }
 
 impl Default for RedisSettings {
@@ -527,8 +531,9 @@ impl Default for RedisSettings {
             op_timeout_ms: 2_000,
             configure_notifications: true,
             poll_interval_ms: 500,
-            full_resync_interval_ms: 30_000,
+            full_resync_interval_ms: 300_000,
             max_backoff_ms: 5_000,
+            spelling_scan_max_keys: 200_000,
         }
     }
 }

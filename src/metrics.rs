@@ -557,6 +557,14 @@ pub fn started(at: SystemTime) {
 /// found nothing new (an unchanged file stamp, an equal full resync, a healthy subscription).
 /// Call it at least every 60 s while that holds, so [`SNAPSHOT_AGE_SECONDS`] stays low on a
 /// store that simply does not change.
+/// Records a published snapshot's version and that it matches the store as of `at`; the rule
+/// counts follow separately ([`snapshot_published`]) since they walk every rule.
+pub fn snapshot_version(version: u64, at: SystemTime) {
+    gauge!(SNAPSHOT_VERSION).set(version as f64);
+    snapshot_fresh(at);
+}
+
+/// Records that the snapshot matches the store as of `at`.
 pub fn snapshot_fresh(at: SystemTime) {
     FRESH_MS.fetch_max(unix_ms(at), Ordering::Relaxed);
 }

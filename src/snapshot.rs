@@ -44,7 +44,12 @@ impl SnapshotHandle {
 
     /// Replaces the snapshot whole and marks the handle ready.
     pub fn publish(&self, snapshot: Snapshot) {
-        self.inner.current.store(Arc::new(snapshot));
+        self.publish_arc(Arc::new(snapshot));
+    }
+
+    /// [`SnapshotHandle::publish`] for a snapshot already behind an `Arc`.
+    pub fn publish_arc(&self, snapshot: Arc<Snapshot>) {
+        self.inner.current.store(snapshot);
         self.inner.ready.send_replace(true);
     }
 

@@ -78,6 +78,25 @@ impl Slot {
         self.expires_ms == 0 || now_ms < self.expires_ms
     }
 
+    /// Equal as rules, reading string ids through each side's table; expiries closer than
+    /// `jitter_ms` count as equal.
+    pub(crate) fn same_as(
+        &self,
+        mine: &Strings,
+        other: &Slot,
+        theirs: &Strings,
+        jitter_ms: u64,
+    ) -> bool {
+        self.number == other.number
+            && self.scope().list() == other.scope().list()
+            && mine.get(self.scope().tenant()) == theirs.get(other.scope().tenant())
+            && mine.get(self.reason) == theirs.get(other.reason)
+            && mine.get(self.added_by) == theirs.get(other.added_by)
+            && self.added_at == other.added_at
+            && (self.expires_ms == 0) == (other.expires_ms == 0)
+            && self.expires_ms.abs_diff(other.expires_ms) < jitter_ms
+    }
+
     /// Of two slots for one key, the one that lives longer (the same merge as for entries).
     fn outlives(&self, other: &Slot) -> bool {
         match (self.expires_ms, other.expires_ms) {

@@ -169,7 +169,7 @@ impl Entry {
 
     /// Of two entries for the same key, the one that applies longer wins the merge, so a
     /// short-lived duplicate can never cut a permanent entry's life short.
-    fn outlives(&self, other: &Entry) -> bool {
+    pub fn outlives(&self, other: &Entry) -> bool {
         match (self.expires_at, other.expires_at) {
             (None, Some(_)) => true,
             (Some(a), Some(b)) => a > b,
@@ -587,6 +587,51 @@ impl Snapshot {
             strings,
             version,
         }
+    }
+
+    /// True when both hold the same rules with the same bookkeeping, expiries closer than
+    /// `jitter` counting as equal (they are re-derived from TTLs on every read).
+    pub fn same_rules(&self, other: &Snapshot, jitter: std::time::Duration) -> bool {
+        let jitter_ms = u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX);
+        if self.exact.len() != other.exact.len() || self.rich.rules.len() != other.rich.rules.len()
+        {
+            return false;
+        }
+        let theirs: HashMap<(Option<&Tenant>, ListKind, &RulePattern), &Entry> = other
+            .rich
+            .rules
+            .iter()
+            .map(|r| (r.entry.key(), r.entry.as_ref()))
+            .collect();
+        let rich_same = self.rich.rules.iter().all(|r| {
+            theirs.get(&r.entry.key()).is_some_and(|o| {
+                let close = match (r.entry.expires_at, o.expires_at) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => {
+                        a.duration_since(b)
+                            .or_else(|_| b.duration_since(a))
+                            .unwrap_or_default()
+                            < jitter
+                    }
+                    _ => false,
+                };
+                close && r.entry.same_except_expiry(o)
+            })
+        });
+        rich_same
+            && self.exact.iter().all(|s| {
+                let tenant = match s.tenant() {
+                    None => Some(0),
+                    Some(id) => other.strings.find(self.strings.get(id)),
+                };
+                tenant
+                    .and_then(|t| {
+                        other
+                            .exact
+                            .get(s.key().0, exact::Scope::new(t, s.scope().list()))
+                    })
+                    .is_some_and(|o| s.same_as(&self.strings, o, &other.strings, jitter_ms))
+            })
     }
 
     /// Monotonic build counter, for logs.

@@ -5,9 +5,13 @@
 //! - `callguard:block:<number in any format>` = reason text, or the JSON that callguard writes
 //!   (`{"reason":..,"added_by":..,"added_at":..}`); a TTL (`EX`) is the entry's expiry.
 //! - `callguard:allow:<number in any format>` likewise.
+//! - `callguard:alias:block:+7...` (a set): the other spellings of that canonical rule key
+//!   that exist, recorded by the servers' sync, so `put`/`remove` find hand-typed spellings
+//!   without walking a 10-million-key keyspace.
 //! - channel `callguard:changes`: callguard publishes each key it writes, so running servers
 //!   see CLI edits at once even when keyspace notifications are off.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionManager;
@@ -19,10 +23,12 @@ use tracing::warn;
 use super::{EntryMeta, StoreError, entry_from_parts};
 use crate::config::RedisSettings;
 use crate::number::{CallerNumber, Normalizer};
-use crate::rules::{Entry, ListKind, RulePattern, Tenant};
+use crate::rules::{Entry, ListKind, RuleKey, RulePattern, Tenant};
 
 /// Keys fetched per pipelined round trip.
 const BATCH: usize = 1000;
+/// Keys per SCAN step and pipelined fetch when loading everything: big steps, few round trips.
+const LOAD_BATCH: usize = 5000;
 
 /// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection).
 #[derive(Clone)]
@@ -32,6 +38,9 @@ pub struct RedisStore {
     prefix: String,
     normalizer: Normalizer,
     op_timeout: Duration,
+    // Largest keyspace (DBSIZE) on which `put`/`remove` also SCAN for hand-typed spellings no
+    // server has recorded yet; above it they trust the alias sets the servers keep.
+    spelling_scan_max_keys: u64,
 }
 
 impl RedisStore {
@@ -55,6 +64,7 @@ impl RedisStore {
             prefix: settings.key_prefix.clone(),
             normalizer,
             op_timeout: settings.op_timeout(),
+            spelling_scan_max_keys: settings.spelling_scan_max_keys,
         })
     }
 
@@ -153,6 +163,8 @@ impl RedisStore {
             for key in &stale {
                 pipe.del(key).ignore();
             }
+            // Every other spelling is gone now.
+            pipe.del(self.alias_key(&canonical)).ignore();
             match entry.expires_at {
                 Some(at) => {
                     // An expiry already in the past still writes a 1 ms key, so the effect is a delete.
@@ -189,10 +201,11 @@ impl RedisStore {
             let mut keys = self.spellings(tenant, list, pattern).await?;
             let canonical = self.key(tenant, list, &pattern.to_string());
             if !keys.contains(&canonical) {
-                keys.push(canonical);
+                keys.push(canonical.clone());
             }
             let mut pipe = redis::pipe();
             pipe.del(&keys);
+            pipe.del(self.alias_key(&canonical)).ignore();
             for key in &keys {
                 pipe.publish(self.changes_channel(), key).ignore();
             }
@@ -205,38 +218,148 @@ impl RedisStore {
         Ok(removed)
     }
 
-    /// Every key of `tenant`'s `list` whose rule text means `pattern`. SCAN MATCH narrows the
-    /// search to keys holding the rule's national digits in order (its last digits, past any
-    /// country code), then each candidate is parsed and compared.
+    /// Every key of `tenant`'s `list` whose rule text means `pattern`: the canonical key, the
+    /// spellings the servers' sync recorded in the rule's alias set, and (on keyspaces small
+    /// enough to walk in well under a second) any other hand-typed spelling found by SCAN MATCH
+    /// on the rule's national digits in order.
     async fn spellings(
         &self,
         tenant: Option<&Tenant>,
         list: ListKind,
         pattern: &RulePattern,
     ) -> Result<Vec<String>, StoreError> {
-        let mut glob = glob_escape(&self.prefix);
-        glob.push(':');
-        if let Some(t) = tenant {
-            glob.push_str("tenant:");
-            glob.push_str(&glob_case_insensitive(t.as_str()));
+        let canonical = self.key(tenant, list, &pattern.to_string());
+        let mut conn = self.conn.clone();
+        let (members, dbsize): (Vec<String>, u64) = self
+            .run(
+                redis::pipe()
+                    .smembers(self.alias_key(&canonical))
+                    .cmd("DBSIZE")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut candidates = members;
+        candidates.push(canonical);
+        if dbsize <= self.spelling_scan_max_keys {
+            let mut glob = glob_escape(&self.prefix);
             glob.push(':');
+            if let Some(t) = tenant {
+                glob.push_str("tenant:");
+                glob.push_str(&glob_case_insensitive(t.as_str()));
+                glob.push(':');
+            }
+            glob.push_str(list.as_str());
+            glob.push_str(":*");
+            for d in anchor_digits(pattern) {
+                glob.push(char::from(d));
+                glob.push('*');
+            }
+            candidates.extend(self.scan(&glob).await?);
         }
-        glob.push_str(list.as_str());
-        glob.push_str(":*");
-        for d in anchor_digits(pattern) {
-            glob.push(char::from(d));
-            glob.push('*');
-        }
-        let mut out = Vec::new();
-        for key in self.scan(&glob).await? {
-            if let Some((key_tenant, key_list, text)) = self.parse_key(&key)
-                && key_tenant.as_ref() == tenant
-                && key_list == list
-                && RulePattern::parse(text, &self.normalizer).is_ok_and(|p| p == *pattern)
-            {
-                out.push(key);
+        candidates.sort_unstable();
+        candidates.dedup();
+        Ok(candidates
+            .into_iter()
+            .filter(|key| {
+                self.parse_key(key)
+                    .is_some_and(|(key_tenant, key_list, text)| {
+                        key_tenant.as_ref() == tenant
+                            && key_list == list
+                            && RulePattern::parse(text, &self.normalizer)
+                                .is_ok_and(|p| p == *pattern)
+                    })
+            })
+            .collect())
+    }
+
+    /// The set of other spellings of the rule whose canonical key is `canonical`
+    /// (`callguard:alias:block:+7...`); kept by every server's sync, read by `put`/`remove`.
+    pub fn alias_key(&self, canonical: &str) -> String {
+        let rest = canonical
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+            .unwrap_or(canonical);
+        format!("{}:alias:{rest}", self.prefix)
+    }
+
+    /// The canonical key of the rule a key spells, with the rule's identity; `None` for keys
+    /// that are not rules or whose text does not parse.
+    pub fn rule_of_key(&self, key: &str) -> Option<(RuleKey, String)> {
+        let (tenant, list, text) = self.parse_key(key)?;
+        let pattern = RulePattern::parse(text, &self.normalizer).ok()?;
+        let canonical = self.key(tenant.as_ref(), list, &pattern.to_string());
+        Some(((tenant, list, pattern), canonical))
+    }
+
+    /// The current state of the rules that `changed` keys spell: for each rule, every spelling
+    /// (canonical key, alias set, the changed keys) is read and merged as a snapshot compile
+    /// would merge them; `None` when no spelling is left. Keeps the alias sets in step.
+    pub async fn fetch_rules(
+        &self,
+        changed: &[String],
+    ) -> Result<Vec<(RuleKey, Option<Entry>)>, StoreError> {
+        let mut rules: HashMap<String, (RuleKey, Vec<String>)> = HashMap::new();
+        for key in changed {
+            if let Some((rule, canonical)) = self.rule_of_key(key) {
+                let spot = rules
+                    .entry(canonical.clone())
+                    .or_insert_with(|| (rule, vec![canonical.clone()]));
+                if *key != canonical {
+                    spot.1.push(key.clone());
+                }
             }
         }
+        if rules.is_empty() {
+            return Ok(Vec::new());
+        }
+        let canonicals: Vec<String> = rules.keys().cloned().collect();
+        let mut pipe = redis::pipe();
+        for c in &canonicals {
+            pipe.smembers(self.alias_key(c));
+        }
+        let mut conn = self.conn.clone();
+        let members: Vec<Vec<String>> = self.run(pipe.query_async(&mut conn)).await?;
+        for (c, m) in canonicals.iter().zip(members) {
+            if let Some(spot) = rules.get_mut(c) {
+                spot.1.extend(m);
+                spot.1.sort_unstable();
+                spot.1.dedup();
+            }
+        }
+        let all: Vec<String> = rules
+            .values()
+            .flat_map(|(_, k)| k.iter().cloned())
+            .collect();
+        let mut found: HashMap<String, Entry> = HashMap::new();
+        for batch in all.chunks(BATCH) {
+            for (key, entry) in self.fetch(batch).await? {
+                if let Some(entry) = entry {
+                    found.insert(key, entry);
+                }
+            }
+        }
+        let mut aliases = redis::pipe();
+        let mut out = Vec::with_capacity(rules.len());
+        for (canonical, (rule, keys)) in rules {
+            let mut merged: Option<Entry> = None;
+            for key in &keys {
+                let entry = found.remove(key);
+                if *key != canonical {
+                    let alias = self.alias_key(&canonical);
+                    match entry {
+                        Some(_) => aliases.sadd(alias, key).ignore(),
+                        None => aliases.srem(alias, key).ignore(),
+                    };
+                }
+                if let Some(e) = entry
+                    && merged.as_ref().is_none_or(|m| e.outlives(m))
+                {
+                    merged = Some(e);
+                }
+            }
+            out.push((rule, merged));
+        }
+        self.run(aliases.query_async::<()>(&mut conn)).await?;
         Ok(out)
     }
 
@@ -267,27 +390,60 @@ impl RedisStore {
 
     /// Reads every entry.
     pub async fn load(&self) -> Result<Vec<Entry>, StoreError> {
-        Ok(self
-            .load_keyed()
-            .await?
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect())
+        let mut out = Vec::new();
+        self.load_each(|_, e| out.push(e)).await?;
+        Ok(out)
     }
 
-    /// Reads every entry with its key (SCAN, then pipelined GET+PTTL in batches).
-    pub async fn load_keyed(&self) -> Result<Vec<(String, Entry)>, StoreError> {
-        let keys = self
-            .scan(&format!("{}:*", glob_escape(&self.prefix)))
-            .await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(BATCH) {
-            for (key, entry) in self.fetch(batch).await? {
+    /// Reads every entry with its key (SCAN, then pipelined GET+PTTL in batches), handing each
+    /// to `each` as it arrives so a 10-million-key load never holds them all at once. Records
+    /// the non-canonical spellings it meets in their rules' alias sets.
+    pub async fn load_each(&self, mut each: impl FnMut(&str, Entry)) -> Result<(), StoreError> {
+        let pattern = format!("{}:*", glob_escape(&self.prefix));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .run(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(LOAD_BATCH)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let mut aliases = redis::pipe();
+            let mut any_alias = false;
+            for (key, entry) in self.fetch(&keys).await? {
                 if let Some(entry) = entry {
-                    out.push((key, entry));
+                    let canonical = self.key(
+                        entry.tenant.as_ref(),
+                        entry.list,
+                        &entry.pattern.to_string(),
+                    );
+                    if canonical != key {
+                        aliases.sadd(self.alias_key(&canonical), &key).ignore();
+                        any_alias = true;
+                    }
+                    each(&key, entry);
                 }
             }
+            if any_alias {
+                self.run(aliases.query_async::<()>(&mut conn)).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
         }
+    }
+
+    /// Reads every entry with its key.
+    pub async fn load_keyed(&self) -> Result<Vec<(String, Entry)>, StoreError> {
+        let mut out = Vec::new();
+        self.load_each(|k, e| out.push((k.to_owned(), e))).await?;
         Ok(out)
     }
 
@@ -316,7 +472,13 @@ impl RedisStore {
         }
         let mut conn = self.conn.clone();
         let replies: Vec<redis::RedisResult<Value>> = self.run(pipe.query_async(&mut conn)).await?;
-        let now = SystemTime::now();
+        // Whole milliseconds, like the TTL: an expiry then fits a compact snapshot slot.
+        let now = SystemTime::UNIX_EPOCH
+            + Duration::from_millis(
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
+            );
         for (i, (key, tenant, list, text)) in wanted.into_iter().enumerate() {
             let value = replies.get(2 * i).and_then(|r| r.as_ref().ok());
             let ttl = replies.get(2 * i + 1).and_then(|r| r.as_ref().ok());

@@ -1,7 +1,9 @@
 //! Store -> snapshot: load everything, compile, publish; then follow changes and republish.
 //! On any store error the last snapshot stays in force and the sync retries with backoff.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -11,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::{LocalStore, RedisStore, Store, StoreError};
 use crate::metrics;
-use crate::rules::{Entry, Snapshot, TimeZone};
+use crate::rules::{Entry, ListKind, RuleKey, Snapshot, SnapshotBuilder, TimeZone};
 use crate::snapshot::SnapshotHandle;
 
 /// How the sync follows changes.
@@ -52,39 +54,113 @@ async fn publish(
     zone: &TimeZone,
     entries: impl IntoIterator<Item = Entry>,
 ) {
+    let mut builder = SnapshotBuilder::new(zone);
+    for entry in entries {
+        builder.add(entry);
+    }
+    publish_built(handle, version, builder).await;
+}
+
+/// Compiles what `builder` collected on the blocking pool and publishes it.
+async fn publish_built(handle: &SnapshotHandle, version: &mut u64, builder: SnapshotBuilder) {
     *version += 1;
-    let entries: Vec<Entry> = entries.into_iter().collect();
-    let (v, zone) = (*version, zone.clone());
-    // Rule counts for the metrics walk every rule: do it beside the compile, off the runtime.
-    let compiled = tokio::task::spawn_blocking(move || {
-        let snapshot = Snapshot::compile_in(entries, v, &zone);
-        let now = SystemTime::now();
-        let counts = metrics::rule_counts(&snapshot, now);
-        let mut bans = 0;
-        snapshot.for_each_rule(now, |r| {
-            if r.live && r.added_by == Some(crate::bans::DETECTOR) {
-                bans += 1;
-            }
-        });
-        metrics::set_active_bans(bans);
-        (snapshot, counts)
-    })
-    .await;
-    let (snapshot, counts) = match compiled {
-        Ok(compiled) => compiled,
-        Err(error) => {
-            warn!(%error, "snapshot compile failed; keeping the previous snapshot");
-            return;
+    let v = *version;
+    match tokio::task::spawn_blocking(move || builder.finish(v)).await {
+        Ok(snapshot) => swap_in(handle, snapshot).await,
+        Err(error) => warn!(%error, "snapshot compile failed; keeping the previous snapshot"),
+    }
+}
+
+/// Applies store changes to the current snapshot (only what they touch is rebuilt) and
+/// publishes the result.
+async fn publish_patch(
+    handle: &SnapshotHandle,
+    version: &mut u64,
+    zone: &TimeZone,
+    changes: Vec<(RuleKey, Option<Entry>)>,
+) {
+    if changes.is_empty() {
+        return;
+    }
+    *version += 1;
+    let (v, zone, current) = (*version, zone.clone(), handle.load());
+    let n = changes.len();
+    match tokio::task::spawn_blocking(move || current.patched(changes, v, &zone)).await {
+        Ok(snapshot) => {
+            debug!(changes = n, "snapshot patched");
+            swap_in(handle, snapshot).await;
         }
-    };
-    let (block, allow) = (
-        snapshot.len(crate::rules::ListKind::Block),
-        snapshot.len(crate::rules::ListKind::Allow),
+        Err(error) => warn!(%error, "snapshot patch failed; keeping the previous snapshot"),
+    }
+}
+
+/// Rule counts walk every rule: below this many the walk is done at every publish, above it
+/// at most once per [`COUNT_INTERVAL`], so a burst of edits to a huge list stays cheap.
+const COUNT_INLINE_MAX: usize = 100_000;
+const COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn swap_in(handle: &SnapshotHandle, snapshot: Snapshot) {
+    let (v, block, allow) = (
+        snapshot.version(),
+        snapshot.len(ListKind::Block),
+        snapshot.len(ListKind::Allow),
     );
+    let snapshot = Arc::new(snapshot);
+    // Small lists: count before the swap, so tenants that own rules are metric labels by the
+    // time the first call decided by them is counted.
+    let inline = block + allow <= COUNT_INLINE_MAX;
+    if inline {
+        let counted = snapshot.clone();
+        if let Ok((counts, bans)) = tokio::task::spawn_blocking(move || count(&counted)).await {
+            metrics::set_active_bans(bans);
+            metrics::snapshot_published(v, &counts, SystemTime::now());
+        }
+    }
     // Log only after the swap: "published" must mean decisions already see it.
-    handle.publish(snapshot);
-    metrics::snapshot_published(*version, &counts, SystemTime::now());
-    info!(version = *version, block, allow, "snapshot published");
+    handle.publish_arc(snapshot);
+    metrics::snapshot_version(v, SystemTime::now());
+    info!(version = v, block, allow, "snapshot published");
+    if !inline {
+        spawn_counter(handle.clone());
+    }
+}
+
+fn count(snapshot: &Snapshot) -> (metrics::RuleCounts, usize) {
+    let now = SystemTime::now();
+    let counts = metrics::rule_counts(snapshot, now);
+    let mut bans = 0;
+    snapshot.for_each_rule(now, |r| {
+        if r.live && r.added_by == Some(crate::bans::DETECTOR) {
+            bans += 1;
+        }
+    });
+    (counts, bans)
+}
+
+/// Recounts big snapshots in the background, at most once per [`COUNT_INTERVAL`], until the
+/// counted version is the published one. One counter at a time.
+fn spawn_counter(handle: SnapshotHandle) {
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut counted = None;
+        loop {
+            let current = handle.load();
+            let v = current.version();
+            if counted == Some(v) {
+                break;
+            }
+            if let Ok((counts, bans)) = tokio::task::spawn_blocking(move || count(&current)).await {
+                metrics::set_active_bans(bans);
+                metrics::snapshot_published(v, &counts, SystemTime::now());
+            }
+            counted = Some(v);
+            tokio::time::sleep(COUNT_INTERVAL).await;
+        }
+        RUNNING.store(false, Ordering::Release);
+    });
 }
 
 async fn run_local(
@@ -167,18 +243,12 @@ async fn redis_session(
     if notifications {
         pubsub.psubscribe(store.keyspace_pattern()).await?;
     }
-    let mut mirror: HashMap<String, Entry> = HashMap::new();
-    for (key, entry) in full_load(store).await? {
-        mirror.insert(key, entry);
-    }
+    let started = Instant::now();
+    let builder = full_load(store, &options.time_zone).await?;
+    let loaded = builder.len();
     metrics::store_up("redis", true);
-    publish(
-        handle,
-        version,
-        &options.time_zone,
-        mirror.values().cloned(),
-    )
-    .await;
+    publish_built(handle, version, builder).await;
+    info!(entries = loaded, took = ?started.elapsed(), "loaded from redis");
     *backoff = Duration::from_millis(100);
     let resync_every = if notifications {
         options.full_resync_interval
@@ -194,8 +264,8 @@ async fn redis_session(
     let mut messages = pubsub.on_message();
     let mut pending: HashSet<String> = HashSet::new();
     let mut next_resync = Instant::now() + resync_every;
-    // Changes arrive in bursts (a bulk `block`): gather them briefly, then fetch and publish once.
-    let coalesce = Duration::from_millis(20);
+    // Changes arrive in bursts (a bulk `block`): gather them briefly, then fetch and patch once.
+    let coalesce = Duration::from_millis(5);
     let mut flush_at: Option<Instant> = None;
     loop {
         let flush_deadline = flush_at.unwrap_or(next_resync);
@@ -223,27 +293,36 @@ async fn redis_session(
                 if flush_at.is_some() {
                     flush_at = None;
                     let keys: Vec<String> = pending.drain().collect();
-                    for (key, entry) in store.fetch(&keys).await? {
-                        match entry {
-                            Some(entry) => mirror.insert(key, entry),
-                            None => mirror.remove(&key),
-                        };
-                    }
-                    publish(handle, version, &options.time_zone, mirror.values().cloned()).await;
+                    let changes = store.fetch_rules(&keys).await?;
+                    publish_patch(handle, version, &options.time_zone, changes).await;
                 } else {
                     next_resync = Instant::now() + resync_every;
-                    let fresh: HashMap<String, Entry> = full_load(store).await?.into_iter().collect();
-                    if same_content(&fresh, &mirror) {
-                        metrics::snapshot_fresh(SystemTime::now());
-                    } else {
-                        mirror = fresh;
-                        publish(handle, version, &options.time_zone, mirror.values().cloned()).await;
+                    let fresh = full_load(store, &options.time_zone).await?;
+                    let current = handle.load();
+                    let v = *version + 1;
+                    let rebuilt = tokio::task::spawn_blocking(move || {
+                        let fresh = fresh.finish(v);
+                        let same = fresh.same_rules(&current, EXPIRY_JITTER);
+                        (fresh, same)
+                    })
+                    .await;
+                    match rebuilt {
+                        Ok((_, true)) => metrics::snapshot_fresh(SystemTime::now()),
+                        Ok((fresh, false)) => {
+                            *version = v;
+                            swap_in(handle, fresh).await;
+                        }
+                        Err(error) => warn!(%error, "resync compile failed; keeping the snapshot"),
                     }
                 }
             }
         }
     }
 }
+
+/// Expiries are derived from PTTL at read time, so two reads of an unchanged key differ by the
+/// time between them; closer than this counts as the same.
+const EXPIRY_JITTER: Duration = Duration::from_secs(1);
 
 /// The `kind` label of `callguard_store_errors_total`.
 fn error_kind(error: &StoreError) -> metrics::StoreErrorKind {
@@ -255,28 +334,9 @@ fn error_kind(error: &StoreError) -> metrics::StoreErrorKind {
     }
 }
 
-async fn full_load(store: &RedisStore) -> Result<Vec<(String, Entry)>, StoreError> {
-    store.load_keyed().await
-}
-
-/// Equal up to expiry jitter: expiries are derived from PTTL at read time, so two reads of an
-/// unchanged key differ by the time between them.
-fn same_content(a: &HashMap<String, Entry>, b: &HashMap<String, Entry>) -> bool {
-    const JITTER: Duration = Duration::from_secs(1);
-    a.len() == b.len()
-        && a.iter().all(|(key, x)| {
-            b.get(key).is_some_and(|y| {
-                let expiry_close = match (x.expires_at, y.expires_at) {
-                    (None, None) => true,
-                    (Some(p), Some(q)) => {
-                        p.duration_since(q)
-                            .or_else(|_| q.duration_since(p))
-                            .unwrap_or_default()
-                            < JITTER
-                    }
-                    _ => false,
-                };
-                expiry_close && x.same_except_expiry(y)
-            })
-        })
+/// Streams every entry in Redis into a builder.
+async fn full_load(store: &RedisStore, zone: &TimeZone) -> Result<SnapshotBuilder, StoreError> {
+    let mut builder = SnapshotBuilder::new(zone);
+    store.load_each(|_, entry| builder.add(entry)).await?;
+    Ok(builder)
 }

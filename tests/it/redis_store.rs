@@ -164,3 +164,67 @@ fn redis_down_decisions_continue_from_last_snapshot() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("redis"));
     let _ = server.drain_logs();
 }
+
+/// Two hand-typed spellings of one number: deleting one keeps the rule (the other still
+/// blocks); the servers record the spellings in the alias set, so `unblock` finds them even
+/// when the keyspace is too big to SCAN (forced here with `spelling_scan_max_keys = 0`).
+#[test]
+fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let server = Server::start(&url, &[]);
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:8 (999) 123-45-67", "first"]),
+        "+OK"
+    );
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:7-999-123-45-67", "second"]),
+        "+OK"
+    );
+    let blocked = || agi_call(server.agi, "+79991234567").verdict() == "block";
+    assert!(within(Duration::from_secs(1), blocked).is_some());
+    // The sync recorded both spellings under the canonical key.
+    assert!(
+        within(Duration::from_secs(1), || {
+            redis.cmd(&["SCARD", "callguard:alias:block:+79991234567"]) == ":2"
+        })
+        .is_some(),
+        "alias set: {}",
+        redis.cmd(&["SMEMBERS", "callguard:alias:block:+79991234567"])
+    );
+
+    // One spelling gone: the other still blocks.
+    assert!(
+        redis
+            .cmd(&["DEL", "callguard:block:8 (999) 123-45-67"])
+            .ends_with('1')
+    );
+    assert!(
+        within(Duration::from_secs(1), || redis
+            .cmd(&["SCARD", "callguard:alias:block:+79991234567"])
+            == ":1")
+        .is_some()
+    );
+    assert!(blocked(), "the remaining spelling must keep blocking");
+
+    // unblock without SCAN: the alias set alone leads to the hand-typed key.
+    let out = std::process::Command::new(crate::support::bin())
+        .args(["--store", &url, "unblock", "89991234567"])
+        .env("CALLGUARD_REDIS__SPELLING_SCAN_MAX_KEYS", "0")
+        .output()
+        .expect("run callguard");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        redis.cmd(&["EXISTS", "callguard:block:7-999-123-45-67"]),
+        ":0"
+    );
+    assert!(
+        within(Duration::from_secs(1), || agi_call(
+            server.agi,
+            "89991234567"
+        )
+        .verdict()
+            == "allow")
+        .is_some()
+    );
+}
