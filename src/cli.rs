@@ -71,6 +71,23 @@ pub enum Command {
     /// Play Asterisk against a running server: new connection per call, mixed caller-ID
     /// formats, a share of numbers it blocked itself; checks every verdict.
     Loadgen(LoadgenArgs),
+    /// Measure how long an edit (`callguard block` and plain `redis-cli SET`) takes to reach a
+    /// running server's decisions: blocks fresh numbers in --store, calls until blocked.
+    EditLatency(EditLatencyArgs),
+}
+
+/// `edit-latency` arguments.
+#[derive(Debug, Args)]
+pub struct EditLatencyArgs {
+    /// The server's FastAGI address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4573")]
+    pub agi: std::net::SocketAddr,
+    /// Edits to make (the numbers stay blocked afterwards; they are +73000000000 and up).
+    #[arg(long, default_value_t = 200)]
+    pub edits: u64,
+    /// Give up on one edit after this long.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub timeout: Duration,
 }
 
 /// `loadgen` arguments.
@@ -294,6 +311,14 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
         Command::Check(args) => check(&config, args, &mut out).await?,
         Command::Log(args) => show_log(&config, args, &mut out).await?,
         Command::Loadgen(args) => return loadgen(&config, args, &mut out).await,
+        Command::EditLatency(args) => {
+            let store = open_store(&config).await?;
+            let report = crate::editbench::run(&store, args.agi, args.edits, args.timeout).await?;
+            writeln!(out, "{}", report.summary())?;
+            if report.lost > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,6 +15,7 @@
 //! - [`config`]: typed configuration.
 //! - [`listener`]: generic accept loop.
 //! - [`loadgen`]: the FastAGI load generator (`callguard loadgen`).
+//! - [`editbench`]: edit-to-decision latency (`callguard edit-latency`).
 //! - [`agi`]: FastAGI front end.
 
 pub mod agi;
@@ -23,6 +24,7 @@ pub mod call;
 pub mod calllog;
 pub mod cli;
 pub mod config;
+pub mod editbench;
 pub mod engine;
 pub mod esl;
 pub mod flood;

@@ -125,7 +125,7 @@ pub async fn prepare(store: &Store, settings: &LoadSettings) -> Result<(), Store
 }
 
 /// Places one call; `Some(true)` for block, `Some(false)` for allow, `None` on any error.
-async fn one_call(agi: SocketAddr, caller_id: &str) -> Option<bool> {
+pub(crate) async fn one_call(agi: SocketAddr, caller_id: &str) -> Option<bool> {
     let mut stream = TcpStream::connect(agi).await.ok()?;
     stream.set_nodelay(true).ok()?;
     let env = format!(

@@ -12,12 +12,14 @@
 //!   see CLI edits at once even when keyspace notifications are off.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionManager;
 use redis::{Client, Value};
 use tokio::time::timeout;
 
+use futures_util::StreamExt;
 use tracing::warn;
 
 use super::{EntryMeta, StoreError, entry_from_parts};
@@ -29,6 +31,10 @@ use crate::rules::{Entry, ListKind, RuleKey, RulePattern, Tenant};
 const BATCH: usize = 1000;
 /// Keys per SCAN step and pipelined fetch when loading everything: big steps, few round trips.
 const LOAD_BATCH: usize = 5000;
+/// Fetches in flight at once while loading everything.
+const LOAD_IN_FLIGHT: usize = 3;
+/// Keys from one SCAN step.
+type ScanBatch = Vec<String>;
 
 /// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection).
 #[derive(Clone)]
@@ -339,12 +345,14 @@ impl RedisStore {
             }
         }
         let mut aliases = redis::pipe();
+        let mut any_alias = false;
         let mut out = Vec::with_capacity(rules.len());
         for (canonical, (rule, keys)) in rules {
             let mut merged: Option<Entry> = None;
             for key in &keys {
                 let entry = found.remove(key);
                 if *key != canonical {
+                    any_alias = true;
                     let alias = self.alias_key(&canonical);
                     match entry {
                         Some(_) => aliases.sadd(alias, key).ignore(),
@@ -359,7 +367,10 @@ impl RedisStore {
             }
             out.push((rule, merged));
         }
-        self.run(aliases.query_async::<()>(&mut conn)).await?;
+        // An empty pipeline is an error in the client, not a no-op.
+        if any_alias {
+            self.run(aliases.query_async::<()>(&mut conn)).await?;
+        }
         Ok(out)
     }
 
@@ -399,11 +410,70 @@ impl RedisStore {
     /// to `each` as it arrives so a 10-million-key load never holds them all at once. Records
     /// the non-canonical spellings it meets in their rules' alias sets.
     pub async fn load_each(&self, mut each: impl FnMut(&str, Entry)) -> Result<(), StoreError> {
+        // SCAN runs ahead in its own task and several fetches are in flight at once, so Redis
+        // works on the next batches while this task decodes the current one.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ScanBatch, StoreError>>(4);
+        let scanner = self.clone();
+        let producer = tokio::spawn(async move { scanner.scan_batches(tx).await });
+        let batches = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        });
+        let with_ttl = self.any_expiring_keys().await?;
+        let mut fetched = std::pin::pin!(
+            batches
+                .map(|batch| async move {
+                    let keys = batch?;
+                    let replies = self.fetch_raw(&keys, with_ttl).await?;
+                    Ok::<_, StoreError>((keys, replies))
+                })
+                .buffered(LOAD_IN_FLIGHT)
+        );
+        let mut cache = ValueCache::default();
+        let mut conn = self.conn.clone();
+        let mut text = String::new();
+        let result = async {
+            while let Some(batch) = fetched.next().await {
+                let (keys, replies) = batch?;
+                let mut aliases = redis::pipe();
+                let mut any_alias = false;
+                for (key, entry) in self.decode(&keys, &replies, &mut cache) {
+                    let Some(entry) = entry else { continue };
+                    // Most keys are canonical: check the rule text without building the key.
+                    text.clear();
+                    let _infallible = write!(text, "{}", entry.pattern);
+                    let plainly_canonical = entry.tenant.is_none()
+                        && self.parse_key(&key).is_some_and(|(_, _, t)| t == text);
+                    if !plainly_canonical {
+                        let canonical = self.key(
+                            entry.tenant.as_ref(),
+                            entry.list,
+                            &entry.pattern.to_string(),
+                        );
+                        if canonical != key {
+                            aliases.sadd(self.alias_key(&canonical), &key).ignore();
+                            any_alias = true;
+                        }
+                    }
+                    each(&key, entry);
+                }
+                if any_alias {
+                    self.run(aliases.query_async::<()>(&mut conn)).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        producer.abort();
+        result
+    }
+
+    /// Walks the keyspace for `load_each`, one SCAN step per batch, into `tx`.
+    async fn scan_batches(&self, tx: tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>) {
         let pattern = format!("{}:*", glob_escape(&self.prefix));
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = self
+            let step: Result<(u64, Vec<String>), StoreError> = self
                 .run(
                     redis::cmd("SCAN")
                         .arg(cursor)
@@ -413,31 +483,40 @@ impl RedisStore {
                         .arg(LOAD_BATCH)
                         .query_async(&mut conn),
                 )
-                .await?;
-            let mut aliases = redis::pipe();
-            let mut any_alias = false;
-            for (key, entry) in self.fetch(&keys).await? {
-                if let Some(entry) = entry {
-                    let canonical = self.key(
-                        entry.tenant.as_ref(),
-                        entry.list,
-                        &entry.pattern.to_string(),
-                    );
-                    if canonical != key {
-                        aliases.sadd(self.alias_key(&canonical), &key).ignore();
-                        any_alias = true;
+                .await;
+            match step {
+                Ok((next, keys)) => {
+                    if tx.send(Ok(keys)).await.is_err() || next == 0 {
+                        return;
                     }
-                    each(&key, entry);
+                    cursor = next;
+                }
+                Err(e) => {
+                    let _closed = tx.send(Err(e)).await;
+                    return;
                 }
             }
-            if any_alias {
-                self.run(aliases.query_async::<()>(&mut conn)).await?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
         }
+    }
+
+    /// True unless Redis says no key in the database has a TTL (`INFO keyspace`, `expires=0`):
+    /// then a load can skip asking PTTL key by key, a third of its Redis work.
+    async fn any_expiring_keys(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let info: String = self
+            .run(redis::cmd("INFO").arg("keyspace").query_async(&mut conn))
+            .await?;
+        let db = format!("db{}:", self.db());
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix(db.as_str()))
+            .and_then(|fields| {
+                fields
+                    .split(',')
+                    .find_map(|f| f.strip_prefix("expires="))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            })
+            .is_none_or(|expires| expires > 0))
     }
 
     /// Reads every entry with its key.
@@ -449,29 +528,59 @@ impl RedisStore {
 
     /// Reads the given keys; `None` for keys that are gone, are not entries or hold another type.
     pub async fn fetch(&self, keys: &[String]) -> Result<Vec<(String, Option<Entry>)>, StoreError> {
-        let wanted: Vec<(&String, Option<Tenant>, ListKind, &str)> = keys
+        let replies = self.fetch_raw(keys, true).await?;
+        Ok(self.decode(keys, &replies, &mut ValueCache::default()))
+    }
+
+    /// Value and TTL of every rule key among `keys`, in one pipelined round trip: one MGET
+    /// (a key of another type reads as missing) and, when `with_ttl`, a PTTL per key; without,
+    /// every TTL reads as "none". Replies come as `[value, ttl]` per rule key.
+    async fn fetch_raw(
+        &self,
+        keys: &[String],
+        with_ttl: bool,
+    ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
+        let rule_keys: Vec<&String> = keys
             .iter()
-            .filter_map(|k| {
-                self.parse_key(k)
-                    .map(|(tenant, list, text)| (k, tenant, list, text))
-            })
+            .filter(|k| self.parse_key(k).is_some())
             .collect();
-        let mut out: Vec<(String, Option<Entry>)> = keys
-            .iter()
-            .filter(|k| self.parse_key(k).is_none())
-            .map(|k| (k.clone(), None))
-            .collect();
-        if wanted.is_empty() {
-            return Ok(out);
+        if rule_keys.is_empty() {
+            return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        // A key of another type (someone ran HSET) must not fail the whole batch.
-        pipe.ignore_errors();
-        for (key, _, _, _) in &wanted {
-            pipe.get(*key).pttl(*key);
+        pipe.cmd("MGET").arg(&rule_keys);
+        if with_ttl {
+            for key in &rule_keys {
+                pipe.pttl(*key);
+            }
         }
         let mut conn = self.conn.clone();
-        let replies: Vec<redis::RedisResult<Value>> = self.run(pipe.query_async(&mut conn)).await?;
+        let mut replies: Vec<Value> = self.run(pipe.query_async(&mut conn)).await?;
+        let ttls = replies.split_off(1.min(replies.len()));
+        let values = match replies.pop() {
+            Some(Value::Array(values)) => values,
+            _ => Vec::new(),
+        };
+        let mut out = Vec::with_capacity(2 * rule_keys.len());
+        for (i, value) in values.into_iter().enumerate() {
+            out.push(Ok(value));
+            out.push(Ok(if with_ttl {
+                ttls.get(i).cloned().unwrap_or(Value::Int(-2))
+            } else {
+                Value::Int(-1)
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Turns [`RedisStore::fetch_raw`] replies into entries; `None` for keys that are gone, are
+    /// not entries or hold another type. Pure CPU; `cache` carries parsed values across batches.
+    fn decode(
+        &self,
+        keys: &[String],
+        replies: &[redis::RedisResult<Value>],
+        cache: &mut ValueCache,
+    ) -> Vec<(String, Option<Entry>)> {
         // Whole milliseconds, like the TTL: an expiry then fits a compact snapshot slot.
         let now = SystemTime::UNIX_EPOCH
             + Duration::from_millis(
@@ -479,23 +588,35 @@ impl RedisStore {
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
             );
-        for (i, (key, tenant, list, text)) in wanted.into_iter().enumerate() {
+        let mut out = Vec::with_capacity(keys.len());
+        let mut i = 0;
+        for key in keys {
+            let Some((tenant, list, text)) = self.parse_key(key) else {
+                out.push((key.clone(), None));
+                continue;
+            };
             let value = replies.get(2 * i).and_then(|r| r.as_ref().ok());
             let ttl = replies.get(2 * i + 1).and_then(|r| r.as_ref().ok());
+            i += 1;
             let entry = match (value, ttl) {
                 (Some(Value::BulkString(bytes)), Some(Value::Int(ttl_ms))) if *ttl_ms != -2 => {
                     let expires_at = u64::try_from(*ttl_ms)
                         .ok()
                         .map(|ms| now + Duration::from_millis(ms));
-                    let text_value = String::from_utf8_lossy(bytes);
-                    match entry_from_parts(
-                        &self.normalizer,
-                        tenant,
-                        list,
-                        text,
-                        parse_value(&text_value),
-                        expires_at,
-                    ) {
+                    let built =
+                        cache
+                            .template(list, bytes, &self.normalizer)
+                            .and_then(|template| {
+                                let pattern = RulePattern::parse(text, &self.normalizer)
+                                    .map_err(|e| e.to_string())?;
+                                Ok(Entry {
+                                    tenant,
+                                    pattern,
+                                    expires_at,
+                                    ..template
+                                })
+                            });
+                    match built {
                         Ok(entry) => Some(entry),
                         Err(error) => {
                             // One bad hand-typed key must not stop the other rules from loading.
@@ -508,7 +629,7 @@ impl RedisStore {
             };
             out.push((key.clone(), entry));
         }
-        Ok(out)
+        out
     }
 
     /// Turns on the keyspace notifications callguard needs (`K$gx`), keeping whatever flags the
@@ -708,6 +829,36 @@ fn collect_stream_entries(
                 records.push(r);
             }
         }
+    }
+}
+
+/// Parsed values by their bytes: a bulk import writes one value for millions of keys, so a
+/// cold load parses it once, not once per key.
+#[derive(Default)]
+struct ValueCache {
+    last: Option<(ListKind, Vec<u8>, Result<Entry, String>)>,
+}
+
+impl ValueCache {
+    /// The entry a value stands for (pattern, tenant and expiry still to fill in).
+    fn template(
+        &mut self,
+        list: ListKind,
+        bytes: &[u8],
+        normalizer: &Normalizer,
+    ) -> Result<Entry, String> {
+        if let Some((l, b, parsed)) = &self.last
+            && *l == list
+            && b.as_slice() == bytes
+        {
+            return parsed.clone();
+        }
+        let text = String::from_utf8_lossy(bytes);
+        // "invalid" parses to a placeholder pattern; the caller sets the key's own.
+        let parsed = entry_from_parts(normalizer, None, list, "invalid", parse_value(&text), None)
+            .map_err(|e| e.to_string());
+        self.last = Some((list, bytes.to_vec(), parsed.clone()));
+        parsed
     }
 }
 

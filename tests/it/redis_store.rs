@@ -227,4 +227,73 @@ fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
             == "allow")
         .is_some()
     );
+
+    // A CLI edit while the server runs arrives as a patch: no resync, no reconnect.
+    cli_ok(&url, &["block", "+79991112233"]);
+    assert!(
+        within(Duration::from_secs(1), || agi_call(
+            server.agi,
+            "89991112233"
+        )
+        .verdict()
+            == "block")
+        .is_some()
+    );
+    let logs = server.drain_logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("sync interrupted")),
+        "edits must not break the sync: {logs:?}"
+    );
+}
+
+/// A cold load over many SCAN batches: one shared value for thousands of keys (a bulk
+/// import), a hand-typed spelling (recorded as an alias), a key of another type and an unusable
+/// key (both skipped), a key with a TTL (expires on time).
+#[test]
+fn a_big_list_loads_in_batches_with_ttls_spellings_and_odd_keys() {
+    let redis = Redis::start();
+    let fill = "for i = 0, 11999 do \
+                redis.call('SET', 'callguard:block:+7900' .. string.format('%07d', i), ARGV[1]) \
+                end return 1";
+    assert_eq!(
+        redis.cmd(&[
+            "EVAL",
+            fill,
+            "0",
+            r#"{"reason":"bulk","added_by":"import"}"#
+        ]),
+        ":1"
+    );
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:8 (812) 555-00-11", "hand typed"]),
+        "+OK"
+    );
+    assert_eq!(
+        redis.cmd(&["HSET", "callguard:block:+79001112233", "f", "v"]),
+        ":1"
+    );
+    assert_eq!(redis.cmd(&["SET", "callguard:block:_7495*1", "x"]), "+OK");
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:+79009999999", "short", "PX", "1500"]),
+        "+OK"
+    );
+    let server = Server::start(&redis.url(), &[]);
+    let verdict = |n: &str| agi_call(server.agi, n).verdict().to_owned();
+    assert!(within(Duration::from_secs(5), || verdict("89000000000") == "block").is_some());
+    assert_eq!(verdict("+79000011999"), "block");
+    assert_eq!(
+        agi_call(server.agi, "79000005000").vars["CALLGUARD_REASON"],
+        "bulk"
+    );
+    assert_eq!(verdict("88125550011"), "block");
+    assert_eq!(verdict("89001112233"), "allow");
+    assert_eq!(verdict("89009999999"), "block");
+    assert_eq!(
+        redis.cmd(&["SMEMBERS", "callguard:alias:block:+78125550011"]),
+        "*1"
+    );
+    assert!(
+        within(Duration::from_secs(3), || verdict("89009999999") == "allow").is_some(),
+        "the TTL must end the rule"
+    );
 }

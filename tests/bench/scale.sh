@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Scale run (issue [5/8]): a Redis with N exact numbers + M masks, then
+#   - cold start: time from `serve` start to the loaded snapshot, calls answered meanwhile;
+#   - resident memory of the loaded server minus that of the same server on an empty list;
+#   - edit latency: `callguard edit-latency` (CLI writes and redis-cli SETs) at that size.
+# Not part of CI (minutes, ~3 GB for Redis at 10M). Usage:
+#   N=10000000 MASKS=100000 bash tests/bench/scale.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-10000000}
+MASKS=${MASKS:-100000}
+EDITS=${EDITS:-200}
+
+cargo build --release --locked --quiet
+BIN=$PWD/target/release/callguard
+WORK=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+RPORT=$(free_port)
+cleanup() {
+  [[ -n ${SERVE_PID:-} ]] && kill "$SERVE_PID" 2>/dev/null || true
+  redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly no \
+  --daemonize yes --logfile "$WORK/redis.log"
+until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
+
+echo "== filling redis with $N numbers + $MASKS masks"
+t=$(date +%s.%N)
+python3 tests/bench/fill_redis.py "$N" "$MASKS" | redis-cli -p "$RPORT" --pipe | tail -1
+echo "fill took $(echo "$(date +%s.%N) - $t" | bc) s; redis used_memory_human: $(redis-cli -p "$RPORT" info memory | grep -m1 used_memory_human | cut -d: -f2 | tr -d '\r')"
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+ready() { python3 - "$1" <<'PY'
+import sys, urllib.request
+try:
+    urllib.request.urlopen(f"http://{sys.argv[1]}/readyz", timeout=1)
+except Exception:
+    sys.exit(1)
+PY
+}
+
+# Starts `serve` on redis db $1; sets SERVE_PID, AGI, METRICS.
+start_serve() {
+  AGI=127.0.0.1:$(free_port)
+  METRICS=127.0.0.1:$(free_port)
+  CALLGUARD_FLOOD__ENABLED=false RUST_LOG=warn "$BIN" --store "redis://127.0.0.1:$RPORT/$1" serve \
+    --agi-listen "$AGI" --esl-listen 127.0.0.1:0 --metrics-listen "$METRICS" >"$WORK/serve-$1.log" 2>&1 &
+  SERVE_PID=$!
+}
+
+echo "== empty list (db 1)"
+start_serve 1
+until ready "$METRICS"; do sleep 0.05; done
+sleep 2
+RSS_EMPTY=$(rss_kb "$SERVE_PID")
+echo "rss empty: $RSS_EMPTY kB"
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
+
+echo "== full list (db 0): cold start"
+t0=$(date +%s.%N)
+start_serve 0
+# Calls during the load are answered from the empty snapshot (allow); count them.
+until (echo >/dev/tcp/${AGI%:*}/${AGI#*:}) 2>/dev/null; do sleep 0.01; done
+"$BIN" loadgen --agi "$AGI" --calls 2000 --concurrency 4 --rate 200 --blocked-numbers 0 \
+  >"$WORK/during-load.txt" 2>&1 &
+LOADGEN_PID=$!
+until ready "$METRICS"; do sleep 0.05; done
+COLD=$(echo "$(date +%s.%N) - $t0" | bc)
+echo "cold start (serve start to snapshot ready): $COLD s"
+wait "$LOADGEN_PID" || true
+echo "calls placed while loading (answered from the empty snapshot):"
+sed 's/^/  /' "$WORK/during-load.txt"
+sleep 5
+RSS_FULL=$(rss_kb "$SERVE_PID")
+echo "rss full: $RSS_FULL kB"
+echo "bytes per exact entry beyond the empty process: $(( (RSS_FULL - RSS_EMPTY) * 1024 / N ))"
+
+echo "== a blocked number from the list, in another format"
+"$BIN" --store "redis://127.0.0.1:$RPORT/0" check 89000007919 | head -1
+
+echo "== edit latency at this size ($EDITS edits)"
+"$BIN" --store "redis://127.0.0.1:$RPORT/0" edit-latency --agi "$AGI" --edits "$EDITS"
