@@ -503,26 +503,21 @@ pub struct RuleCounts {
 /// Counts a snapshot's live rules. O(rules): for big lists call it on the blocking pool, next
 /// to `Snapshot::compile_in`.
 pub fn rule_counts(snapshot: &Snapshot, now: SystemTime) -> RuleCounts {
+    rule_counts_of(&snapshot.tally(now, crate::bans::DETECTOR))
+}
+
+/// [`RuleCounts`] from a [`Snapshot::tally`].
+pub fn rule_counts_of(tally: &crate::rules::Tally) -> RuleCounts {
     let mut counts = RuleCounts::default();
     for list in ListKind::ALL {
         for &kind in RULE_KINDS {
-            counts.by_kind.insert((list.as_str(), kind), 0);
+            counts.by_kind.insert(
+                (list.as_str(), kind),
+                tally.by_kind.get(&(list, kind)).copied().unwrap_or(0),
+            );
         }
     }
-    snapshot.for_each_rule(now, |rule| {
-        if !rule.live {
-            return;
-        }
-        *counts
-            .by_kind
-            .entry((rule.list.as_str(), rule.kind))
-            .or_default() += 1;
-        if let Some(tenant) = rule.tenant
-            && !counts.tenants.contains(tenant)
-        {
-            counts.tenants.insert(tenant.to_owned());
-        }
-    });
+    counts.tenants = tally.tenants.clone();
     counts
 }
 

@@ -556,19 +556,23 @@ impl Snapshot {
             }
             touched.insert(key);
         }
-        let rich_hit = self.rich.rules.iter().any(|r| {
-            let (t, l, p) = r.entry.key();
-            touched.contains(&(t.cloned(), l, p.clone()))
-        });
+        // Edits are mostly exact numbers and general rules mostly masks: compare the pattern
+        // kind first, so checking 100,000 masks against an exact edit costs no allocation.
+        let kinds: std::collections::HashSet<std::mem::Discriminant<RulePattern>> =
+            touched.iter().map(|k| std::mem::discriminant(&k.2)).collect();
+        let is_touched = |e: &Entry| {
+            kinds.contains(&std::mem::discriminant(&e.pattern)) && {
+                let (t, l, p) = e.key();
+                touched.contains(&(t.cloned(), l, p.clone()))
+            }
+        };
+        let rich_hit = self.rich.rules.iter().any(|r| is_touched(&r.entry));
         let rich = if rich_hit || !rich_added.is_empty() {
             let mut entries: Vec<Arc<Entry>> = self
                 .rich
                 .rules
                 .iter()
-                .filter(|r| {
-                    let (t, l, p) = r.entry.key();
-                    !touched.contains(&(t.cloned(), l, p.clone()))
-                })
+                .filter(|r| !is_touched(&r.entry))
                 .map(|r| r.entry.clone())
                 .collect();
             entries.extend(rich_added);
@@ -669,29 +673,48 @@ impl Snapshot {
             )
     }
 
-    /// Walks every rule's list, kind, tenant, author and liveness at `now`, without building
-    /// entries: what metrics need, fast enough for every publish.
-    pub fn for_each_rule(&self, now: SystemTime, mut f: impl FnMut(RuleSummary<'_>)) {
-        for r in &self.rich.rules {
-            f(RuleSummary {
-                list: r.entry.list,
-                kind: r.entry.pattern.kind(),
-                tenant: r.entry.tenant.as_ref().map(Tenant::as_str),
-                added_by: r.entry.added_by.as_deref(),
-                live: r.entry.is_live(now),
-            });
+    /// Counts live rules at `now` in one pass with no per-rule allocation or map lookup for
+    /// compact rules (10 million take tens of milliseconds): what the rule-count metrics need.
+    pub fn tally(&self, now: SystemTime, author: &str) -> Tally {
+        let mut tally = Tally::default();
+        for r in self.rich.rules.iter().filter(|r| r.entry.is_live(now)) {
+            *tally
+                .by_kind
+                .entry((r.entry.list, r.entry.pattern.kind()))
+                .or_default() += 1;
+            if let Some(t) = &r.entry.tenant {
+                tally.tenants.insert(t.as_str().to_owned());
+            }
+            if r.entry.added_by.as_deref() == Some(author) {
+                tally.by_author += 1;
+            }
         }
         let now_ms = exact::unix_ms(now);
-        for s in self.exact.iter() {
-            let scope = s.scope();
-            f(RuleSummary {
-                list: scope.list(),
-                kind: "exact",
-                tenant: s.tenant().map(|id| self.strings.get(id)),
-                added_by: s.added_by().map(|id| self.strings.get(id)),
-                live: s.is_live(now_ms),
-            });
+        let author_id = self.strings.find(author).filter(|id| *id != 0);
+        let mut per_list = [0usize; 2];
+        let mut tenant_ids = std::collections::HashSet::new();
+        let mut last_tenant = 0;
+        for slot in self.exact.iter().filter(|s| s.is_live(now_ms)) {
+            per_list[slot.scope().list() as usize] += 1;
+            if let Some(t) = slot.tenant()
+                && t != last_tenant
+            {
+                tenant_ids.insert(t);
+                last_tenant = t;
+            }
+            if author_id.is_some() && slot.added_by() == author_id {
+                tally.by_author += 1;
+            }
         }
+        for list in ListKind::ALL {
+            if per_list[list as usize] > 0 {
+                *tally.by_kind.entry((list, "exact")).or_default() += per_list[list as usize];
+            }
+        }
+        tally
+            .tenants
+            .extend(tenant_ids.into_iter().map(|id| self.strings.get(id).to_owned()));
+        tally
     }
 
     /// True when `tenant`'s (or the global) block or allow list has a rule for `pattern`.
@@ -749,19 +772,16 @@ impl Snapshot {
     }
 }
 
-/// One rule as [`Snapshot::for_each_rule`] shows it.
-#[derive(Debug, Clone, Copy)]
-pub struct RuleSummary<'a> {
-    /// Its list.
-    pub list: ListKind,
-    /// Its pattern's kind (see [`RulePattern::kind`]).
-    pub kind: &'static str,
-    /// Its tenant, if any.
-    pub tenant: Option<&'a str>,
-    /// Who added it, if known.
-    pub added_by: Option<&'a str>,
-    /// Not expired.
-    pub live: bool,
+/// Live rules by list and kind, the tenants that own any, and how many were added by `author`
+/// ([`Snapshot::tally`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// `(list, kind) -> live rules`, only kinds present.
+    pub by_kind: HashMap<(ListKind, &'static str), usize>,
+    /// Tenants with at least one live rule.
+    pub tenants: std::collections::BTreeSet<String>,
+    /// Live rules added by the author asked about.
+    pub by_author: usize,
 }
 
 const LEVELS: [ScopeLevel; 4] = [

@@ -95,9 +95,9 @@ async fn publish_patch(
 }
 
 /// Rule counts walk every rule: below this many the walk is done at every publish, above it
-/// at most once per [`COUNT_INTERVAL`], so a burst of edits to a huge list stays cheap.
+/// at most once per [`COUNT_INTERVAL`] (5 s), so a burst of edits to a huge list stays cheap.
 const COUNT_INLINE_MAX: usize = 100_000;
-const COUNT_INTERVAL: Duration = Duration::from_secs(1);
+const COUNT_INTERVAL: Duration = Duration::from_secs(5);
 
 async fn swap_in(handle: &SnapshotHandle, snapshot: Snapshot) {
     let (v, block, allow) = (
@@ -126,15 +126,8 @@ async fn swap_in(handle: &SnapshotHandle, snapshot: Snapshot) {
 }
 
 fn count(snapshot: &Snapshot) -> (metrics::RuleCounts, usize) {
-    let now = SystemTime::now();
-    let counts = metrics::rule_counts(snapshot, now);
-    let mut bans = 0;
-    snapshot.for_each_rule(now, |r| {
-        if r.live && r.added_by == Some(crate::bans::DETECTOR) {
-            bans += 1;
-        }
-    });
-    (counts, bans)
+    let tally = snapshot.tally(SystemTime::now(), crate::bans::DETECTOR);
+    (metrics::rule_counts_of(&tally), tally.by_author)
 }
 
 /// Recounts big snapshots in the background, at most once per [`COUNT_INTERVAL`], until the
