@@ -87,7 +87,19 @@ pub(crate) enum Lexed<'a> {
 /// Trims whitespace, control characters and invisible formatting marks (BOM, LRM, ZWSP...),
 /// which copy-paste and some carriers add around numbers.
 pub(crate) fn trim(text: &str) -> &str {
-    text.trim_matches(is_blank)
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        // Printable ASCII at both ends, as nearly always: nothing to trim, no chars to decode.
+        (Some(b'!'..=b'~'), Some(b'!'..=b'~')) => text,
+        _ => text.trim_matches(is_blank),
+    }
+}
+
+/// `char::is_alphabetic`, answering the Cyrillic letters of extension markers (`доб.`) without
+/// the Unicode table search.
+#[inline]
+fn is_letter(c: char) -> bool {
+    // U+0400..U+045F are the basic Russian letters plus Ѐ-Џ and ѐ-џ, all alphabetic.
+    matches!(c, '\u{0400}'..='\u{045F}') || c.is_alphabetic()
 }
 
 #[inline]
@@ -225,6 +237,26 @@ impl Decoded<'_> {
     }
 }
 
+/// The digits of text that is nothing but ASCII digits after an optional `+`, the form PBXs
+/// deliver nearly every caller ID in; `None` for anything else. A shortcut past [`lex`], which
+/// returns the same digits for such text.
+pub(crate) fn plain_number(text: &str) -> Option<Digits> {
+    let (plus, body) = match text.strip_prefix('+') {
+        Some(body) => (true, body),
+        None => (false, text),
+    };
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut digits = Digits::new();
+    let kept = body.len().min(MAX_DIGITS);
+    digits.buf[..kept].copy_from_slice(&body.as_bytes()[..kept]);
+    digits.len = kept;
+    digits.overflow = body.len() > MAX_DIGITS;
+    digits.plus = plus;
+    Some(digits)
+}
+
 /// Splits caller-ID text into what a plan-aware classifier needs. `text` must be [`trim`]med.
 pub(crate) fn lex(text: &str) -> Lexed<'_> {
     let (user, is_host) = user_part(addr_spec(text));
@@ -358,7 +390,7 @@ fn scan(user: &str) -> Lexed<'_> {
         if is_separator(c) {
             continue;
         }
-        if c.is_alphabetic() {
+        if is_letter(c) {
             if seen && (!was_after_digit || is_extension_marker(c, &mut chars)) {
                 break;
             }
@@ -390,7 +422,7 @@ fn is_extension_marker(first: char, chars: &mut Decoded<'_>) -> bool {
         len += 1;
         let mut ahead = chars.clone();
         match ahead.next() {
-            Some(next) if next.is_alphabetic() => {
+            Some(next) if is_letter(next) => {
                 *chars = ahead;
                 c = next;
             }
@@ -473,6 +505,53 @@ mod tests {
             Lexed::Word("203.0.113.5")
         ));
         assert!(matches!(lex("- ( ) -"), Lexed::Withheld));
+    }
+
+    #[test]
+    fn shortcuts_agree_with_the_std_functions() {
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            assert_eq!(is_letter(c), c.is_alphabetic(), "{c:?}");
+        }
+        for text in [
+            "",
+            " ",
+            "+7",
+            " +7",
+            "+7\u{FEFF}",
+            "\t7 ",
+            "a",
+            "\u{200B}x\u{200B}",
+            "\x7f1",
+        ] {
+            assert_eq!(trim(text), text.trim_matches(is_blank), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn plain_number_agrees_with_lex() {
+        let long = "9".repeat(MAX_DIGITS + 5);
+        let plus_long = format!("+{long}");
+        for text in [
+            "+79991234567",
+            "89991234567",
+            "0",
+            "+0",
+            "101",
+            &long,
+            &plus_long,
+        ] {
+            let (Some(fast), Lexed::Number(slow)) = (plain_number(text), lex(text)) else {
+                panic!("{text:?}: not a number on both paths");
+            };
+            assert_eq!(
+                (fast.plus, fast.as_bytes(), fast.overflow),
+                (slow.plus, slow.as_bytes(), slow.overflow),
+                "{text:?}"
+            );
+        }
+        for text in ["", "+", "++7", "7+", "7 1", "+7-999", "٧", "７"] {
+            assert!(plain_number(text).is_none(), "{text:?}");
+        }
     }
 
     #[test]

@@ -38,12 +38,13 @@ impl E164 {
         if len > plans::E164_MAX_DIGITS || *first == b'0' {
             return None;
         }
-        code.iter()
-            .chain(nsn)
-            .try_fold(0u64, |acc, &b| {
+        // Two plain folds rather than one over `chain`, which does not optimize as well.
+        let fold = |acc: u64, digits: &[u8]| {
+            digits.iter().try_fold(acc, |acc, &b| {
                 b.is_ascii_digit().then(|| acc * 10 + u64::from(b - b'0'))
             })
-            .map(E164)
+        };
+        fold(0, code).and_then(|acc| fold(acc, nsn)).map(E164)
     }
 
     /// The digits as a number, e.g. `74997654321` for `+74997654321`.

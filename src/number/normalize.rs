@@ -59,6 +59,9 @@ impl Normalizer {
     /// `Display` form of a result, with any default country, gives the same result.
     pub fn normalize(&self, text: &str) -> CallerNumber {
         let text = lex::trim(text);
+        if let Some(digits) = lex::plain_number(text) {
+            return self.classify(&digits);
+        }
         if let Some(canonical) = canonical_form(text) {
             return canonical;
         }

@@ -96,14 +96,37 @@ pub(crate) struct Plan {
     lengths: u16,
     pub(crate) min_len: usize,
     leading: Vec<Pattern>,
+    /// Per first digit, bit `i` set when `leading[i]` allows it, so [`Plan::accepts`] tries only
+    /// those patterns. Valid when `leading` has at most 64 entries; longer lists are all tried.
+    leading_by_first: [u64; 10],
 }
 
 impl Plan {
     /// Whether `nsn` (ASCII digits) is a national significant number of this plan.
     pub(crate) fn accepts(&self, nsn: &[u8]) -> bool {
-        nsn.len() < 16
-            && self.lengths & (1 << nsn.len()) != 0
-            && (self.leading.is_empty() || self.leading.iter().any(|p| p.matches(nsn)))
+        nsn.len() < 16 && self.lengths & (1 << nsn.len()) != 0 && self.leading_allows(nsn)
+    }
+
+    fn leading_allows(&self, nsn: &[u8]) -> bool {
+        if self.leading.is_empty() {
+            return true;
+        }
+        if self.leading.len() > 64 {
+            return self.leading.iter().any(|p| p.matches(nsn));
+        }
+        // No pattern matches an empty or non-digit start: patterns are non-empty digit classes.
+        let Some(&first) = nsn.first().filter(|b| b.is_ascii_digit()) else {
+            return false;
+        };
+        let mut candidates = self.leading_by_first[usize::from(first - b'0')];
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            if self.leading.get(i).is_some_and(|p| p.matches(nsn)) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether some national number of this plan could start with `nsn_start` (ASCII digits);
@@ -181,6 +204,11 @@ impl Pattern {
             .iter()
             .zip(start)
             .all(|(mask, &d)| d.is_ascii_digit() && mask & (1 << (d - b'0')) != 0)
+    }
+
+    /// Digits (as bits) the pattern allows first.
+    fn first_mask(&self) -> u16 {
+        self.0.first().copied().unwrap_or(0)
     }
 
     fn matches(&self, nsn: &[u8]) -> bool {
@@ -288,6 +316,14 @@ impl PlanEntry {
             .iter()
             .map(|p| Pattern::parse(p).map_err(&fail))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut leading_by_first = [0u64; 10];
+        for (i, pattern) in leading.iter().enumerate().take(64) {
+            for (d, set) in leading_by_first.iter_mut().enumerate() {
+                if pattern.first_mask() & (1 << d) != 0 {
+                    *set |= 1 << i;
+                }
+            }
+        }
         Ok(Plan {
             country: country.into(),
             code,
@@ -296,6 +332,7 @@ impl PlanEntry {
             lengths,
             min_len: lengths.trailing_zeros() as usize,
             leading,
+            leading_by_first,
         })
     }
 }
@@ -485,5 +522,56 @@ impl NumberingPlans {
             let _ = write!(out, "{}{c}", if i == 0 { "" } else { ", " });
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Plan::accepts` as it reads without the first-digit index.
+    fn accepts_plainly(plan: &Plan, nsn: &[u8]) -> bool {
+        nsn.len() < 16
+            && plan.lengths & (1 << nsn.len()) != 0
+            && (plan.leading.is_empty() || plan.leading.iter().any(|p| p.matches(nsn)))
+    }
+
+    fn assert_index_agrees(plans: &NumberingPlans) {
+        let mut nsns: Vec<Vec<u8>> = vec![Vec::new(), b"x123".to_vec(), b"9a".to_vec()];
+        for len in 1..=15 {
+            for start in 0..1000u32 {
+                let mut nsn = format!("{start:03}").into_bytes();
+                nsn.resize(len, b'5');
+                nsns.push(nsn);
+            }
+        }
+        for plan in &plans.tables().plans {
+            for nsn in &nsns {
+                assert_eq!(
+                    plan.accepts(nsn),
+                    accepts_plainly(plan, nsn),
+                    "{} {:?}",
+                    plan.country,
+                    String::from_utf8_lossy(nsn)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn leading_digit_index_agrees_with_trying_every_pattern() {
+        assert_index_agrees(NumberingPlans::builtin());
+        // More patterns than the index covers: all are tried.
+        let many: Vec<String> = (10..90).map(|p| format!("\"{p}\"")).collect();
+        let toml = format!(
+            "[[plan]]\ncountry = \"ZZ\"\ncalling_code = 999\ntrunk_prefix = \"0\"\n\
+             international_prefixes = [\"00\"]\nnsn_lengths = [4, 8]\n\
+             leading_digits = [{}, \"9[0-4]x5\"]\n",
+            many.join(", ")
+        );
+        match NumberingPlans::from_toml(&toml) {
+            Ok(plans) => assert_index_agrees(&plans),
+            Err(e) => panic!("{e}"),
+        }
     }
 }
