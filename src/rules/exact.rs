@@ -114,6 +114,9 @@ impl Slot {
 pub(crate) struct Strings {
     list: Arc<Vec<Arc<str>>>,
     index: Arc<HashMap<Arc<str>, u32>>,
+    // The last strings interned: a bulk load repeats one reason and one author for millions
+    // of rules, and a byte compare is cheaper than hashing.
+    recent: [u32; 2],
 }
 
 impl Strings {
@@ -122,6 +125,7 @@ impl Strings {
         Strings {
             list: Arc::new(vec![empty.clone()]),
             index: Arc::new(HashMap::from([(empty, 0)])),
+            recent: [0; 2],
         }
     }
 
@@ -135,13 +139,18 @@ impl Strings {
 
     /// The id of `text`, adding it when new (copying the table only when shared).
     pub(crate) fn intern(&mut self, text: &str) -> Option<u32> {
+        if let Some(&id) = self.recent.iter().find(|&&id| self.get(id) == text) {
+            return Some(id);
+        }
         if let Some(id) = self.find(text) {
+            self.recent = [id, self.recent[0]];
             return Some(id);
         }
         let id = u32::try_from(self.list.len()).ok()?;
         let text: Arc<str> = Arc::from(text);
         Arc::make_mut(&mut self.list).push(text.clone());
         Arc::make_mut(&mut self.index).insert(text, id);
+        self.recent = [id, self.recent[0]];
         Some(id)
     }
 
@@ -320,14 +329,43 @@ impl Default for ExactTable {
 
 impl ExactTable {
     /// Builds from slots; of several for one key the longest-lived stays.
-    pub(crate) fn build(mut items: Vec<Slot>) -> ExactTable {
+    pub(crate) fn build(items: Vec<Slot>) -> ExactTable {
         let bits = shard_bits(items.len());
+        let shards = 1usize << bits;
         let shard_of = |s: &Slot| shard_index(hash(s.number, Scope(s.scope)), bits);
-        // Grouped by shard, then by key with the longest-lived first, so duplicates are adjacent.
-        items.sort_unstable_by(|a, b| {
-            (shard_of(a), a.number, a.scope)
-                .cmp(&(shard_of(b), b.number, b.scope))
-                .then_with(|| {
+        // Distribute by shard in two linear passes (a counting sort), then sort each small
+        // shard alone: a comparison sort of 10 million slots would hash each one ~50 times.
+        let mut starts = vec![0usize; shards + 1];
+        for s in &items {
+            starts[shard_of(s) + 1] += 1;
+        }
+        for i in 0..shards {
+            starts[i + 1] += starts[i];
+        }
+        let mut next = starts.clone();
+        let mut grouped = vec![Slot::default(); items.len()];
+        for s in items {
+            let shard = shard_of(&s);
+            if let (Some(pos), Some(spot)) = (next.get(shard).copied(), next.get_mut(shard)) {
+                *spot += 1;
+                if let Some(cell) = grouped.get_mut(pos) {
+                    *cell = s;
+                }
+            }
+        }
+        let mut table = ExactTable {
+            shards: Vec::with_capacity(shards),
+            bits,
+            len: 0,
+            counts: [0; 2],
+        };
+        for shard in 0..shards {
+            let group = grouped
+                .get_mut(starts[shard]..starts[shard + 1])
+                .unwrap_or_default();
+            // By key, the longest-lived first, so the dedup below keeps it.
+            group.sort_unstable_by(|a, b| {
+                (a.number, a.scope).cmp(&(b.number, b.scope)).then_with(|| {
                     if a.outlives(b) {
                         std::cmp::Ordering::Less
                     } else if b.outlives(a) {
@@ -336,23 +374,18 @@ impl ExactTable {
                         std::cmp::Ordering::Equal
                     }
                 })
-        });
-        items.dedup_by_key(|s| (s.number, s.scope));
-        let mut table = ExactTable {
-            shards: Vec::with_capacity(1 << bits),
-            bits,
-            len: items.len(),
-            counts: [0; 2],
-        };
-        for s in &items {
-            table.counts[s.scope().list() as usize] += 1;
-        }
-        let mut rest: &[Slot] = &items;
-        for shard in 0..(1usize << bits) {
-            let n = rest.iter().take_while(|s| shard_of(s) == shard).count();
-            let (mine, tail) = rest.split_at(n);
-            table.shards.push(Arc::new(Shard::build(mine)));
-            rest = tail;
+            });
+            let mut unique: Vec<Slot> = Vec::with_capacity(group.len());
+            for s in group.iter() {
+                if unique.last().is_none_or(|u| u.key() != s.key()) {
+                    unique.push(*s);
+                }
+            }
+            table.len += unique.len();
+            for s in &unique {
+                table.counts[s.scope().list() as usize] += 1;
+            }
+            table.shards.push(Arc::new(Shard::build(&unique)));
         }
         table
     }

@@ -558,8 +558,10 @@ impl Snapshot {
         }
         // Edits are mostly exact numbers and general rules mostly masks: compare the pattern
         // kind first, so checking 100,000 masks against an exact edit costs no allocation.
-        let kinds: std::collections::HashSet<std::mem::Discriminant<RulePattern>> =
-            touched.iter().map(|k| std::mem::discriminant(&k.2)).collect();
+        let kinds: std::collections::HashSet<std::mem::Discriminant<RulePattern>> = touched
+            .iter()
+            .map(|k| std::mem::discriminant(&k.2))
+            .collect();
         let is_touched = |e: &Entry| {
             kinds.contains(&std::mem::discriminant(&e.pattern)) && {
                 let (t, l, p) = e.key();
@@ -711,9 +713,11 @@ impl Snapshot {
                 *tally.by_kind.entry((list, "exact")).or_default() += per_list[list as usize];
             }
         }
-        tally
-            .tenants
-            .extend(tenant_ids.into_iter().map(|id| self.strings.get(id).to_owned()));
+        tally.tenants.extend(
+            tenant_ids
+                .into_iter()
+                .map(|id| self.strings.get(id).to_owned()),
+        );
         tally
     }
 

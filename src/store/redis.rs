@@ -436,7 +436,7 @@ impl RedisStore {
                 let (keys, replies) = batch?;
                 let mut aliases = redis::pipe();
                 let mut any_alias = false;
-                for (key, entry) in self.decode(&keys, &replies, &mut cache) {
+                for (key, entry) in self.decode(keys, &replies, &mut cache) {
                     let Some(entry) = entry else { continue };
                     // Most keys are canonical: check the rule text without building the key.
                     text.clear();
@@ -529,7 +529,7 @@ impl RedisStore {
     /// Reads the given keys; `None` for keys that are gone, are not entries or hold another type.
     pub async fn fetch(&self, keys: &[String]) -> Result<Vec<(String, Option<Entry>)>, StoreError> {
         let replies = self.fetch_raw(keys, true).await?;
-        Ok(self.decode(keys, &replies, &mut ValueCache::default()))
+        Ok(self.decode(keys.to_vec(), &replies, &mut ValueCache::default()))
     }
 
     /// Value and TTL of every rule key among `keys`, in one pipelined round trip: one MGET
@@ -577,7 +577,7 @@ impl RedisStore {
     /// not entries or hold another type. Pure CPU; `cache` carries parsed values across batches.
     fn decode(
         &self,
-        keys: &[String],
+        keys: Vec<String>,
         replies: &[redis::RedisResult<Value>],
         cache: &mut ValueCache,
     ) -> Vec<(String, Option<Entry>)> {
@@ -591,8 +591,8 @@ impl RedisStore {
         let mut out = Vec::with_capacity(keys.len());
         let mut i = 0;
         for key in keys {
-            let Some((tenant, list, text)) = self.parse_key(key) else {
-                out.push((key.clone(), None));
+            let Some((tenant, list, text)) = self.parse_key(&key) else {
+                out.push((key, None));
                 continue;
             };
             let value = replies.get(2 * i).and_then(|r| r.as_ref().ok());
@@ -627,7 +627,7 @@ impl RedisStore {
                 }
                 _ => None,
             };
-            out.push((key.clone(), entry));
+            out.push((key, entry));
         }
         out
     }
