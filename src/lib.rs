@@ -14,7 +14,7 @@
 //! - [`lastcall`]: last caller per extension, for the "block the last caller" feature code.
 //! - [`config`]: typed configuration.
 //! - [`listener`]: generic accept loop.
-//! - [`loadgen`]: the FastAGI load generator (`callguard loadgen`).
+//! - [`loadgen`]: the load generator (FastAGI and ESL) and the baseline servers (`callguard loadgen`).
 //! - [`agi`]: FastAGI front end.
 
 pub mod agi;

@@ -119,6 +119,7 @@ impl Conn {
         stream.write_all(&out).await?;
         let deadline = Instant::now() + self.settings.read_timeout;
         let data = self.reply(stream, deadline, "the channel data").await?;
+        let received = std::time::Instant::now();
         if !data.is_ok_reply() {
             return Err(EslSessionError::Refused {
                 command: "connect".into(),
@@ -131,7 +132,11 @@ impl Conn {
         // Events tell us when our `set` has run, so `resume` cannot overtake it.
         out.clear();
         codec::encode_myevents(&mut out);
-        let events_on = self.command(stream, &out, "myevents").await.is_ok();
+        stream.write_all(&out).await?;
+        // In-server time excludes the wait for FreeSWITCH's reply to `myevents`.
+        let before_wait = received.elapsed();
+        let events_on = self.expect_reply(stream, &out, "myevents").await.is_ok();
+        let resumed = std::time::Instant::now();
 
         let vars = decision_variables(&decision);
         let mut last_uuid = None;
@@ -147,7 +152,12 @@ impl Conn {
                 uuid.as_deref(),
                 last,
             );
-            self.command(stream, &out, "sendmsg set").await?;
+            stream.write_all(&out).await?;
+            if i == 0 {
+                // callguard_verdict is written.
+                crate::metrics::record_verdict_time("esl", before_wait + resumed.elapsed());
+            }
+            self.expect_reply(stream, &out, "sendmsg set").await?;
             last_uuid = uuid;
         }
         if let Some(uuid) = last_uuid {
@@ -236,6 +246,16 @@ impl Conn {
         what: &'static str,
     ) -> Result<Message, EslSessionError> {
         stream.write_all(line).await?;
+        self.expect_reply(stream, line, what).await
+    }
+
+    /// Waits for the reply to `line`, already sent; see [`Conn::command`].
+    async fn expect_reply(
+        &mut self,
+        stream: &mut TcpStream,
+        line: &[u8],
+        what: &'static str,
+    ) -> Result<Message, EslSessionError> {
         let deadline = Instant::now() + self.settings.reply_timeout;
         let reply = self.reply(stream, deadline, what).await?;
         if reply.is_ok_reply() || reply.content_type() == Some("api/response") {
