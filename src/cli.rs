@@ -68,8 +68,9 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the call log (blocked and tagged calls; every call with call_log.all_calls).
     Log(LogArgs),
-    /// Play Asterisk against a running server: new connection per call, mixed caller-ID
-    /// formats, a share of numbers it blocked itself; checks every verdict.
+    /// Play Asterisk (--agi) or FreeSWITCH (--esl) against a running server: new connection
+    /// per call, mixed caller-ID formats, a share of numbers it blocked itself; checks every
+    /// verdict. `loadgen baseline` runs the bare servers callguard is compared with.
     Loadgen(LoadgenArgs),
     /// Measure how long an edit (`callguard block` and plain `redis-cli SET`) takes to reach a
     /// running server's decisions: blocks fresh numbers in --store, calls until blocked.
@@ -92,10 +93,25 @@ pub struct EditLatencyArgs {
 
 /// `loadgen` arguments.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct LoadgenArgs {
-    /// The server's FastAGI address.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4573")]
-    pub agi: std::net::SocketAddr,
+    /// `baseline`: serve instead of generating.
+    #[command(subcommand)]
+    pub command: Option<LoadgenCommand>,
+    /// Play Asterisk against this FastAGI address (the default: 127.0.0.1:4573).
+    #[arg(long, value_name = "ADDR", conflicts_with = "esl")]
+    pub agi: Option<std::net::SocketAddr>,
+    /// Play FreeSWITCH's `socket` application (outbound Event Socket) against this address.
+    #[arg(long, value_name = "ADDR")]
+    pub esl: Option<std::net::SocketAddr>,
+    /// Only count calls the server answered, without checking verdicts or writing a list
+    /// (for `loadgen baseline`).
+    #[arg(long)]
+    pub count_only: bool,
+    /// The server's metrics address: scrape `callguard_verdict_seconds` before and after the
+    /// run and print its in-server quantiles.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Calls to place.
     #[arg(long, default_value_t = 10_000)]
     pub calls: u64,
@@ -111,9 +127,29 @@ pub struct LoadgenArgs {
     /// Blocked numbers written to --store before the run (0: none, every call expects allow).
     #[arg(long, default_value_t = 1000)]
     pub blocked_numbers: u64,
+    /// The list of an earlier run with the same --blocked-numbers is in place: do not write
+    /// it again (a rewrite makes the server recompile its snapshot during the run).
+    #[arg(long)]
+    pub keep_list: bool,
     /// How long to wait for the server to pick up the generated list.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ready_timeout: Duration,
+}
+
+/// `loadgen` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LoadgenCommand {
+    /// Run the bare servers callguard is measured against: FastAGI (read the environment,
+    /// write `HANGUP`, close) and Event Socket (`connect`, read the channel data, one `sendmsg`
+    /// hang-up, close). Prints `baseline agi=ADDR esl=ADDR` and serves until killed.
+    Baseline {
+        /// FastAGI listen address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        agi_listen: String,
+        /// Event Socket listen address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        esl_listen: String,
+    },
 }
 
 /// `log` arguments.
@@ -227,6 +263,9 @@ pub enum CliError {
     /// Bad argument.
     #[error("{0}")]
     Usage(String),
+    /// The server's /metrics could not be read.
+    #[error(transparent)]
+    Scrape(#[from] crate::loadgen::scrape::ScrapeError),
 }
 
 impl Cli {
@@ -501,22 +540,56 @@ async fn loadgen(
     args: LoadgenArgs,
     out: &mut impl Write,
 ) -> Result<ExitCode, CliError> {
-    use crate::loadgen::{self, LoadSettings};
+    use crate::loadgen::{self, LoadSettings, Target, baseline, scrape};
+    if let Some(LoadgenCommand::Baseline {
+        agi_listen,
+        esl_listen,
+    }) = args.command
+    {
+        let bind = |addr: String| async move {
+            baseline::bind(&addr)
+                .await
+                .map_err(|e| CliError::Usage(format!("cannot listen on {addr}: {e}")))
+        };
+        let (agi, agi_local) = bind(agi_listen).await?;
+        let (esl, esl_local) = bind(esl_listen).await?;
+        writeln!(out, "baseline agi={agi_local} esl={esl_local}")?;
+        out.flush()?;
+        tokio::select! {
+            () = baseline::serve(agi, baseline::Flavor::Agi) => {}
+            () = baseline::serve(esl, baseline::Flavor::Esl) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = match (args.esl, args.agi) {
+        (Some(esl), _) => Target::Esl(esl),
+        (None, Some(agi)) => Target::Agi(agi),
+        (None, None) => Target::Agi(std::net::SocketAddr::from(([127, 0, 0, 1], 4573))),
+    };
+    let blocked_numbers = if args.count_only {
+        0
+    } else {
+        args.blocked_numbers
+    };
     let settings = LoadSettings {
-        agi: args.agi,
+        target,
         calls: args.calls,
         concurrency: args.concurrency,
         rate: args.rate,
-        blocked_share: if args.blocked_numbers == 0 {
+        blocked_share: if blocked_numbers == 0 {
             0.0
         } else {
             args.blocked_share
         },
-        blocked_numbers: args.blocked_numbers,
+        blocked_numbers,
+        count_only: args.count_only,
     };
     if settings.blocked_numbers > 0 {
-        let store = open_store(config).await?;
-        loadgen::prepare(&store, &settings).await?;
+        if !args.keep_list {
+            let store = open_store(config).await?;
+            loadgen::prepare(&store, &settings).await?;
+        }
         // Wait until the server sees the list: a short probe run must block its blocked call.
         let probe = LoadSettings {
             calls: 1,
@@ -536,8 +609,19 @@ async fn loadgen(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    let before = match args.metrics {
+        Some(addr) => Some(scrape::fetch(addr).await?),
+        None => None,
+    };
     let report = loadgen::run(&settings).await;
     writeln!(out, "{}", report.summary())?;
+    if let (Some(addr), Some(before)) = (args.metrics, before) {
+        let protocol = target.protocol();
+        let after = scrape::fetch(addr).await?;
+        let run = scrape::Buckets::parse(&after, protocol)
+            .since(&scrape::Buckets::parse(&before, protocol));
+        writeln!(out, "{}", run.summary(protocol))?;
+    }
     Ok(if report.wrong == 0 && report.errors == 0 {
         ExitCode::SUCCESS
     } else {

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::loadgen::one_call;
+use crate::loadgen::{Outcome, agi};
 use crate::number::Normalizer;
 use crate::rules::{Entry, ListKind, RulePattern};
 use crate::store::{Store, StoreError};
@@ -114,7 +114,7 @@ pub async fn run(
         }
         let caller = format!("7{digits}");
         let seen = loop {
-            if one_call(agi, &caller).await == Some(true) {
+            if agi::call(agi, &caller, false).await == Some(Outcome::Block) {
                 break Some(started.elapsed());
             }
             if started.elapsed() > timeout {

@@ -14,7 +14,7 @@
 //! - [`lastcall`]: last caller per extension, for the "block the last caller" feature code.
 //! - [`config`]: typed configuration.
 //! - [`listener`]: generic accept loop.
-//! - [`loadgen`]: the FastAGI load generator (`callguard loadgen`).
+//! - [`loadgen`]: the load generator (FastAGI and ESL) and the baseline servers (`callguard loadgen`).
 //! - [`editbench`]: edit-to-decision latency (`callguard edit-latency`).
 //! - [`agi`]: FastAGI front end.
 

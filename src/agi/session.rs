@@ -149,10 +149,10 @@ impl Conn {
         context: &AgiContext,
     ) -> Result<(), SessionError> {
         let deadline = Instant::now() + self.settings.read_timeout;
-        let env = loop {
+        let (env, received) = loop {
             if let Some((env, used)) = codec::decode_env(&self.buf, &self.settings.limits)? {
                 self.buf.drain(..used);
-                break env;
+                break (env, Instant::now());
             }
             self.fill(stream, deadline, "the environment block").await?;
         };
@@ -161,7 +161,7 @@ impl Conn {
             Route::Check => {
                 let decision = context.engine.decide(&call);
                 remember_caller(context, &env, &call, &decision);
-                self.carry_out(stream, &decision).await
+                self.carry_out(stream, &decision, received).await
             }
             Route::Remember => {
                 let number = context.engine.normalizer().normalize(&call.caller_id);
@@ -205,18 +205,26 @@ impl Conn {
         Ok(())
     }
 
+    /// Sets the variables and carries out the action; `received` is when the environment
+    /// block was complete, the start of the in-server verdict time.
     async fn carry_out(
         &mut self,
         stream: &mut TcpStream,
         decision: &Decision,
+        received: Instant,
     ) -> Result<(), SessionError> {
         let mut out = Vec::with_capacity(256);
         // Variables are set even after the caller hung up (allowed on a dead channel), so the
         // `h` extension and CDR/CRM hooks still see the verdict.
-        for (name, value) in decision_variables(decision) {
+        for (i, (name, value)) in decision_variables(decision).into_iter().enumerate() {
             out.clear();
             codec::encode_set_variable(&mut out, name, &value);
-            if !self.command(stream, &out).await? {
+            stream.write_all(&out).await?;
+            if i == 0 {
+                // CALLGUARD_VERDICT is written: the in-server part of the call is over.
+                crate::metrics::record_verdict_time("agi", received.elapsed());
+            }
+            if !self.await_reply(stream, &out).await? {
                 return Ok(());
             }
         }
@@ -238,6 +246,15 @@ impl Conn {
     /// stop sending (dead channel).
     async fn command(&mut self, stream: &mut TcpStream, line: &[u8]) -> Result<bool, SessionError> {
         stream.write_all(line).await?;
+        self.await_reply(stream, line).await
+    }
+
+    /// Waits for the final reply to `line`, already sent; see [`Conn::command`].
+    async fn await_reply(
+        &mut self,
+        stream: &mut TcpStream,
+        line: &[u8],
+    ) -> Result<bool, SessionError> {
         let deadline = Instant::now() + self.settings.reply_timeout;
         loop {
             match codec::decode_reply(&self.buf, &self.settings.limits)? {

@@ -98,11 +98,18 @@ pub async fn run(
     let _shutdown_result = stream.shutdown().await;
 }
 
+/// What the session needs from an event: which one it was and which application it is about.
+#[derive(Debug)]
+struct EventSeen {
+    name: Option<String>,
+    application_uuid: Option<String>,
+}
+
 struct Conn {
     buf: Vec<u8>,
     settings: EslSessionSettings,
     /// Events that arrived while waiting for a command reply.
-    events: VecDeque<Message>,
+    events: VecDeque<EventSeen>,
     /// FreeSWITCH reported the channel gone (CHANNEL_HANGUP or a disconnect notice).
     hung_up: bool,
 }
@@ -119,6 +126,7 @@ impl Conn {
         stream.write_all(&out).await?;
         let deadline = Instant::now() + self.settings.read_timeout;
         let data = self.reply(stream, deadline, "the channel data").await?;
+        let received = std::time::Instant::now();
         if !data.is_ok_reply() {
             return Err(EslSessionError::Refused {
                 command: "connect".into(),
@@ -131,7 +139,11 @@ impl Conn {
         // Events tell us when our `set` has run, so `resume` cannot overtake it.
         out.clear();
         codec::encode_myevents(&mut out);
-        let events_on = self.command(stream, &out, "myevents").await.is_ok();
+        stream.write_all(&out).await?;
+        // In-server time excludes the wait for FreeSWITCH's reply to `myevents`.
+        let before_wait = received.elapsed();
+        let events_on = self.expect_reply(stream, &out, "myevents").await.is_ok();
+        let resumed = std::time::Instant::now();
 
         let vars = decision_variables(&decision);
         let mut last_uuid = None;
@@ -147,7 +159,12 @@ impl Conn {
                 uuid.as_deref(),
                 last,
             );
-            self.command(stream, &out, "sendmsg set").await?;
+            stream.write_all(&out).await?;
+            if i == 0 {
+                // callguard_verdict is written.
+                crate::metrics::record_verdict_time("esl", before_wait + resumed.elapsed());
+            }
+            self.expect_reply(stream, &out, "sendmsg set").await?;
             last_uuid = uuid;
         }
         if let Some(uuid) = last_uuid {
@@ -236,6 +253,16 @@ impl Conn {
         what: &'static str,
     ) -> Result<Message, EslSessionError> {
         stream.write_all(line).await?;
+        self.expect_reply(stream, line, what).await
+    }
+
+    /// Waits for the reply to `line`, already sent; see [`Conn::command`].
+    async fn expect_reply(
+        &mut self,
+        stream: &mut TcpStream,
+        line: &[u8],
+        what: &'static str,
+    ) -> Result<Message, EslSessionError> {
         let deadline = Instant::now() + self.settings.reply_timeout;
         let reply = self.reply(stream, deadline, what).await?;
         if reply.is_ok_reply() || reply.content_type() == Some("api/response") {
@@ -276,9 +303,9 @@ impl Conn {
         uuid: &str,
         timeout: Duration,
     ) -> Result<(), EslSessionError> {
-        let done = |m: &Message| {
-            m.get("Event-Name") == Some("CHANNEL_EXECUTE_COMPLETE")
-                && m.get("Application-UUID") == Some(uuid)
+        let done = |e: &EventSeen| {
+            e.name.as_deref() == Some("CHANNEL_EXECUTE_COMPLETE")
+                && e.application_uuid.as_deref() == Some(uuid)
         };
         if self.events.iter().any(done) {
             self.events.clear();
@@ -292,9 +319,7 @@ impl Conn {
                 .await
             {
                 Ok(message) => {
-                    if let Some(event) = self.note(message)
-                        && done(&event)
-                    {
+                    if self.note(message).is_some_and(done) {
                         return Ok(());
                     }
                 }
@@ -311,25 +336,34 @@ impl Conn {
         Ok(())
     }
 
-    /// Records what a non-reply message means; returns it when it is an event.
-    fn note(&mut self, message: Message) -> Option<Message> {
+    /// Records what a non-reply message means; returns what matters of it when it is an event.
+    fn note(&mut self, message: Message) -> Option<&EventSeen> {
         match message.content_type() {
             Some("text/event-plain") => {
-                let event = message
-                    .body()
-                    .and_then(|b| codec::decode_event(b, &self.settings.limits).ok())?;
+                // Two headers of ~90: decoding only those keeps events cheap (issue [5/8]).
+                let [name, application_uuid] = message.body().and_then(|b| {
+                    codec::event_fields(
+                        b,
+                        &self.settings.limits,
+                        ["Event-Name", "Application-UUID"],
+                    )
+                    .ok()
+                })?;
                 if matches!(
-                    event.get("Event-Name"),
+                    name.as_deref(),
                     Some("CHANNEL_HANGUP" | "CHANNEL_HANGUP_COMPLETE")
                 ) {
                     self.hung_up = true;
                 }
-                self.events.push_back(event.clone());
                 // Bounded: only the newest few matter for the wait in progress.
-                while self.events.len() > 64 {
+                while self.events.len() >= 64 {
                     self.events.pop_front();
                 }
-                Some(event)
+                self.events.push_back(EventSeen {
+                    name,
+                    application_uuid,
+                });
+                self.events.back()
             }
             Some("text/disconnect-notice") => {
                 self.hung_up = true;

@@ -1,24 +1,52 @@
-//! `callguard loadgen`: plays Asterisk against a running FastAGI server, one new TCP
-//! connection per call as Asterisk does, with caller IDs in mixed formats and a chosen share
-//! of numbers it has blocked itself; checks every verdict and reports throughput and latency.
+//! `callguard loadgen`: plays Asterisk (FastAGI, [`agi`]) or FreeSWITCH (outbound Event Socket,
+//! [`esl`]) against a running server, one new TCP connection per call as the PBXs do, with
+//! caller IDs in mixed formats and a chosen share of numbers it has blocked itself; checks every
+//! verdict and reports throughput and latency. [`baseline`] is the bare server the issue compares
+//! callguard with; against it the generator only counts replies ([`LoadSettings::count_only`]).
+//! [`scrape`] reads the server's own decision-time histogram before and after a run.
+
+pub mod agi;
+pub mod baseline;
+pub mod esl;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::rules::{Entry, ListKind, RulePattern};
 use crate::store::{Store, StoreError};
 
+/// Longest one call may take before it counts as an error.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which PBX the generator plays, and where the server listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Asterisk: FastAGI to this address.
+    Agi(SocketAddr),
+    /// FreeSWITCH's `socket` application (outbound mode) to this address.
+    Esl(SocketAddr),
+}
+
+impl Target {
+    /// `agi` or `esl`.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            Target::Agi(_) => "agi",
+            Target::Esl(_) => "esl",
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
-    /// The FastAGI server.
-    pub agi: SocketAddr,
+    /// The server and its protocol.
+    pub target: Target,
     /// Calls to place.
     pub calls: u64,
     /// Calls in flight at once.
@@ -29,6 +57,22 @@ pub struct LoadSettings {
     pub blocked_share: f64,
     /// Distinct blocked numbers written to the store.
     pub blocked_numbers: u64,
+    /// Only count calls the server answered (any command after the call data), without
+    /// reading verdicts: for servers that do not decide, such as [`baseline`].
+    pub count_only: bool,
+}
+
+/// What the server did to one call, as the generator saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// `CALLGUARD_VERDICT` was `block`.
+    Block,
+    /// `CALLGUARD_VERDICT` was `allow`.
+    Allow,
+    /// Some other verdict (`tag`), or none although the server answered.
+    Other,
+    /// The server sent at least one command (count-only runs).
+    Answered,
 }
 
 /// What happened.
@@ -40,6 +84,8 @@ pub struct LoadReport {
     pub blocked: u64,
     /// Calls answered `allow`.
     pub allowed: u64,
+    /// Calls answered without a verdict check (count-only runs).
+    pub answered: u64,
     /// Verdicts that differ from the list the generator wrote.
     pub wrong: u64,
     /// Calls without a verdict (connection errors, timeouts, garbage).
@@ -48,6 +94,8 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Sorted end-to-end latencies (connect to close), in microseconds.
     pub latencies_us: Vec<u64>,
+    /// True for count-only runs.
+    pub count_only: bool,
 }
 
 impl LoadReport {
@@ -60,23 +108,43 @@ impl LoadReport {
         self.latencies_us[i.min(self.latencies_us.len() - 1)]
     }
 
+    /// Calls per second over the run.
+    pub fn rate(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
     /// Human-readable summary.
     pub fn summary(&self) -> String {
-        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let verdicts = if self.count_only {
+            format!(
+                "replies: answered {} (count-only: verdicts not checked)",
+                self.answered
+            )
+        } else {
+            format!("verdicts: block {} allow {}", self.blocked, self.allowed)
+        };
         format!(
-            "calls {} in {:.2}s = {:.0} calls/s\nlatency us: p50 {} p99 {} p99.9 {} max {}\nverdicts: block {} allow {}\nwrong verdicts {} errors {}",
+            "calls {} in {:.2}s = {:.0} calls/s\nlatency us: p50 {} p99 {} p99.9 {} max {}\n{verdicts}\nwrong verdicts {} errors {}",
             self.calls,
-            secs,
-            self.calls as f64 / secs,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
             self.quantile(0.5),
             self.quantile(0.99),
             self.quantile(0.999),
             self.latencies_us.last().copied().unwrap_or(0),
-            self.blocked,
-            self.allowed,
             self.wrong,
             self.errors
         )
+    }
+
+    fn merge(&mut self, other: LoadReport) {
+        self.calls += other.calls;
+        self.blocked += other.blocked;
+        self.allowed += other.allowed;
+        self.answered += other.answered;
+        self.wrong += other.wrong;
+        self.errors += other.errors;
+        self.latencies_us.extend(other.latencies_us);
     }
 }
 
@@ -124,42 +192,12 @@ pub async fn prepare(store: &Store, settings: &LoadSettings) -> Result<(), Store
     Ok(())
 }
 
-/// Places one call; `Some(true)` for block, `Some(false)` for allow, `None` on any error.
-pub(crate) async fn one_call(agi: SocketAddr, caller_id: &str) -> Option<bool> {
-    let mut stream = TcpStream::connect(agi).await.ok()?;
-    stream.set_nodelay(true).ok()?;
-    let env = format!(
-        "agi_network: yes\nagi_network_script: check\nagi_request: agi://{agi}/check\n\
-         agi_channel: PJSIP/pstn-00000006\nagi_language: en\nagi_type: PJSIP\n\
-         agi_uniqueid: 1795873601.36\nagi_version: 22.10.1\nagi_callerid: {caller_id}\n\
-         agi_calleridname: unknown\nagi_callingpres: 0\nagi_callingani2: 0\n\
-         agi_callington: 0\nagi_callingtns: 0\nagi_dnid: 4951234567\nagi_rdnis: unknown\n\
-         agi_context: from-pstn\nagi_extension: 4951234567\nagi_priority: 2\n\
-         agi_enhanced: 0.0\nagi_accountcode: \nagi_threadid: 139764346042048\n\n"
-    );
-    stream.write_all(env.as_bytes()).await.ok()?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let mut verdict = None;
-    while let Some(line) = lines.next_line().await.ok()? {
-        // Replies as Asterisk 22 sends them (see tests/fixtures/asterisk).
-        let reply: &[u8] = if line.starts_with("SET VARIABLE CALLGUARD_VERDICT ") {
-            verdict = Some(line.ends_with("\"block\""));
-            b"200 result=1\n"
-        } else if line.starts_with("SET VARIABLE ") {
-            b"200 result=1\n"
-        } else if line.starts_with("EXEC Hangup") {
-            b"200 result=-1\nHANGUP\n"
-        } else if line.starts_with("EXEC ") || line.starts_with("SET ") {
-            b"200 result=0\n"
-        } else {
-            b"510 Invalid or unknown command\n"
-        };
-        if write.write_all(reply).await.is_err() {
-            break;
-        }
+/// Places one call of the target's protocol.
+async fn one_call(target: Target, caller_id: &str, call: u64, count_only: bool) -> Option<Outcome> {
+    match target {
+        Target::Agi(addr) => agi::call(addr, caller_id, count_only).await,
+        Target::Esl(addr) => esl::call(addr, caller_id, call, count_only).await,
     }
-    verdict
 }
 
 /// Runs the load and checks every verdict.
@@ -172,6 +210,7 @@ pub async fn run(settings: &LoadSettings) -> LoadReport {
         let s = settings.clone();
         workers.push(tokio::spawn(async move {
             let mut report = LoadReport::default();
+            let blocked_numbers = if s.count_only { 0 } else { s.blocked_numbers };
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= s.calls {
@@ -183,49 +222,47 @@ pub async fn run(settings: &LoadSettings) -> LoadReport {
                 }
                 // Spread blocked calls evenly: call i is blocked when the running share says so.
                 let share = s.blocked_share.clamp(0.0, 1.0);
-                let blocked = ((i + 1) as f64 * share).floor() > (i as f64 * share).floor();
-                let pick = if blocked {
-                    i % s.blocked_numbers.max(1)
-                } else {
-                    i
-                };
-                let caller = delivered(national(pick, blocked && s.blocked_numbers > 0), i);
-                let expect_block = blocked && s.blocked_numbers > 0;
+                let blocked = blocked_numbers > 0
+                    && ((i + 1) as f64 * share).floor() > (i as f64 * share).floor();
+                let pick = if blocked { i % blocked_numbers } else { i };
+                let caller = delivered(national(pick, blocked), i);
                 let t = Instant::now();
-                let outcome = timeout(Duration::from_secs(5), one_call(s.agi, &caller))
+                let outcome = timeout(CALL_TIMEOUT, one_call(s.target, &caller, i, s.count_only))
                     .await
                     .ok()
                     .flatten();
                 let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
                 report.calls += 1;
+                let Some(outcome) = outcome else {
+                    report.errors += 1;
+                    continue;
+                };
+                report.latencies_us.push(us);
                 match outcome {
-                    Some(got) => {
-                        report.latencies_us.push(us);
-                        if got {
-                            report.blocked += 1;
-                        } else {
-                            report.allowed += 1;
-                        }
-                        if got != expect_block {
-                            report.wrong += 1;
-                        }
-                    }
-                    None => report.errors += 1,
+                    Outcome::Block => report.blocked += 1,
+                    Outcome::Allow => report.allowed += 1,
+                    Outcome::Other => {}
+                    Outcome::Answered => report.answered += 1,
+                }
+                let right = match outcome {
+                    Outcome::Answered => s.count_only,
+                    Outcome::Block => blocked,
+                    Outcome::Allow => !blocked,
+                    Outcome::Other => false,
+                };
+                if !right {
+                    report.wrong += 1;
                 }
             }
         }));
     }
-    let mut total = LoadReport::default();
+    let mut total = LoadReport {
+        count_only: settings.count_only,
+        ..LoadReport::default()
+    };
     for w in workers {
         match w.await {
-            Ok(r) => {
-                total.calls += r.calls;
-                total.blocked += r.blocked;
-                total.allowed += r.allowed;
-                total.wrong += r.wrong;
-                total.errors += r.errors;
-                total.latencies_us.extend(r.latencies_us);
-            }
+            Ok(r) => total.merge(r),
             Err(_) => total.errors += 1,
         }
     }
@@ -250,5 +287,25 @@ mod tests {
             }
         }
         assert_ne!(national(3, true), national(3, false));
+    }
+
+    #[test]
+    fn quantiles_and_summary() {
+        let report = LoadReport {
+            calls: 4,
+            allowed: 4,
+            elapsed: Duration::from_secs(2),
+            latencies_us: vec![10, 20, 30, 400],
+            ..LoadReport::default()
+        };
+        assert_eq!(report.quantile(0.5), 30);
+        assert_eq!(report.quantile(1.0), 400);
+        assert!(
+            report.summary().contains("= 2 calls/s"),
+            "{}",
+            report.summary()
+        );
+        assert!(report.summary().contains("verdicts: block 0 allow 4"));
+        assert_eq!(LoadReport::default().quantile(0.99), 0);
     }
 }
