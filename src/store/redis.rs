@@ -31,10 +31,8 @@ use crate::rules::{Entry, ListKind, RuleKey, RulePattern, Tenant};
 const BATCH: usize = 1000;
 /// Keys per SCAN step and pipelined fetch when loading everything: big steps, few round trips.
 const LOAD_BATCH: usize = 5000;
-/// Fetches in flight at once while loading everything.
-const LOAD_IN_FLIGHT: usize = 3;
-/// Keys from one SCAN step.
-type ScanBatch = Vec<String>;
+/// Keys from one SCAN step with their `fetch_raw` replies.
+type ScanBatch = (Vec<String>, Vec<redis::RedisResult<Value>>);
 
 /// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection).
 #[derive(Clone)]
@@ -413,21 +411,12 @@ impl RedisStore {
         // SCAN runs ahead in its own task and several fetches are in flight at once, so Redis
         // works on the next batches while this task decodes the current one.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ScanBatch, StoreError>>(4);
-        let scanner = self.clone();
-        let producer = tokio::spawn(async move { scanner.scan_batches(tx).await });
-        let batches = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|batch| (batch, rx))
-        });
         let with_ttl = self.any_expiring_keys().await?;
-        let mut fetched = std::pin::pin!(
-            batches
-                .map(|batch| async move {
-                    let keys = batch?;
-                    let replies = self.fetch_raw(&keys, with_ttl).await?;
-                    Ok::<_, StoreError>((keys, replies))
-                })
-                .buffered(LOAD_IN_FLIGHT)
-        );
+        let scanner = self.clone();
+        let producer = tokio::spawn(async move { scanner.scan_batches(tx, with_ttl).await });
+        let mut fetched = std::pin::pin!(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        }));
         let mut cache = ValueCache::default();
         let mut conn = self.conn.clone();
         let mut text = String::new();
@@ -467,8 +456,13 @@ impl RedisStore {
         result
     }
 
-    /// Walks the keyspace for `load_each`, one SCAN step per batch, into `tx`.
-    async fn scan_batches(&self, tx: tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>) {
+    /// Walks the keyspace for `load_each`, one SCAN step and its fetch per batch, into `tx`;
+    /// the receiver decodes one batch while this task fetches the next.
+    async fn scan_batches(
+        &self,
+        tx: tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>,
+        with_ttl: bool,
+    ) {
         let pattern = format!("{}:*", glob_escape(&self.prefix));
         let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
@@ -484,9 +478,18 @@ impl RedisStore {
                         .query_async(&mut conn),
                 )
                 .await;
+            // The values right after their keys: Redis still has the entries the SCAN walked
+            // in its caches (fetching them later, in hash order, costs it twice the time).
+            let step = match step {
+                Ok((next, keys)) => match self.fetch_raw(&keys, with_ttl).await {
+                    Ok(replies) => Ok((next, (keys, replies))),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
             match step {
-                Ok((next, keys)) => {
-                    if tx.send(Ok(keys)).await.is_err() || next == 0 {
+                Ok((next, batch)) => {
+                    if tx.send(Ok(batch)).await.is_err() || next == 0 {
                         return;
                     }
                     cursor = next;
