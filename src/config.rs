@@ -531,7 +531,7 @@ impl Default for RedisSettings {
             op_timeout_ms: 2_000,
             configure_notifications: true,
             poll_interval_ms: 500,
-            full_resync_interval_ms: 300_000,
+            full_resync_interval_ms: 3_600_000,
             max_backoff_ms: 5_000,
             spelling_scan_max_keys: 200_000,
         }

@@ -4,7 +4,7 @@ callguard's key layout, as a bulk import would leave them.
 
     python3 tests/bench/fill_redis.py 10000000 100000 | redis-cli -p PORT --pipe
 
-Exact numbers: +79XXXXXXXXX, spread by a prime stride (distinct for N < 10^9). Masks:
+Exact numbers: +74XXXXXXXXX (apart from the +79 numbers `callguard loadgen` uses), spread by a prime stride (distinct for N < 10^9). Masks:
 +78AADDDXXXX (AA = 00..99, DDD = 000..999), the shape of "a collector's exchange".
 """
 import sys
@@ -22,7 +22,7 @@ def main() -> None:
     out = sys.stdout.buffer
     batch = []
     for i in range(n):
-        number = 9_000_000_000 + (i * 7919) % 1_000_000_000
+        number = 4_000_000_000 + (i * 7919) % 1_000_000_000
         batch.append(resp_set(b"callguard:block:+7%d" % number, VALUE))
         if len(batch) == 10_000:
             out.write(b"".join(batch))

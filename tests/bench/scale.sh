@@ -79,7 +79,7 @@ echo "rss full: $RSS_FULL kB"
 echo "bytes per exact entry beyond the empty process: $(( (RSS_FULL - RSS_EMPTY) * 1024 / N ))"
 
 echo "== a blocked number from the list, in another format"
-"$BIN" --store "redis://127.0.0.1:$RPORT/0" check 89000007919 | head -1
+"$BIN" --store "redis://127.0.0.1:$RPORT/0" check 84000007919 | head -1
 
 echo "== edit latency at this size ($EDITS edits)"
 "$BIN" --store "redis://127.0.0.1:$RPORT/0" edit-latency --agi "$AGI" --edits "$EDITS"
