@@ -521,6 +521,11 @@ pub struct RedisSettings {
     /// `block`/`unblock` also SCAN for hand-typed spellings of a number while the database
     /// holds at most this many keys; above it they rely on the alias sets servers keep.
     pub spelling_scan_max_keys: u64,
+    /// Snapshot file: the last list loaded from Redis, kept on disk so a restart decides
+    /// from it at once instead of from an empty list; empty = off.
+    pub snapshot_file: String,
+    /// Shortest time between two writes of the snapshot file, in ms.
+    pub snapshot_file_interval_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -534,6 +539,8 @@ impl Default for RedisSettings {
             full_resync_interval_ms: 3_600_000,
             max_backoff_ms: 5_000,
             spelling_scan_max_keys: 200_000,
+            snapshot_file: String::new(),
+            snapshot_file_interval_ms: 300_000,
         }
     }
 }
@@ -719,6 +726,10 @@ impl Config {
                 self.redis.full_resync_interval_ms,
             ),
             ("redis.max_backoff_ms", self.redis.max_backoff_ms),
+            (
+                "redis.snapshot_file_interval_ms",
+                self.redis.snapshot_file_interval_ms,
+            ),
             ("local.poll_interval_ms", self.local.poll_interval_ms),
         ];
         for (key, value) in positive {

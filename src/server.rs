@@ -65,6 +65,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         configure_notifications: config.redis.configure_notifications,
         max_backoff: Duration::from_millis(config.redis.max_backoff_ms),
         time_zone: config.time_zone()?,
+        snapshot_file: Some(config.redis.snapshot_file.trim())
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from),
+        snapshot_file_interval: Duration::from_millis(config.redis.snapshot_file_interval_ms),
     };
     let sync_task = tokio::spawn(sync::run(
         store.clone(),

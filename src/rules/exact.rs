@@ -78,6 +78,37 @@ impl Slot {
         self.expires_ms == 0 || now_ms < self.expires_ms
     }
 
+    /// The slot's 32 bytes, little-endian, for the snapshot file.
+    pub(crate) fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[0..8].copy_from_slice(&self.number.to_le_bytes());
+        out[8..16].copy_from_slice(&self.expires_ms.to_le_bytes());
+        out[16..20].copy_from_slice(&self.scope.to_le_bytes());
+        out[20..24].copy_from_slice(&self.reason.to_le_bytes());
+        out[24..28].copy_from_slice(&self.added_by.to_le_bytes());
+        out[28..32].copy_from_slice(&self.added_at.to_le_bytes());
+        out
+    }
+
+    /// Reads [`Slot::to_bytes`]; `None` when a string id is outside `strings` or the number
+    /// is not an E.164 value.
+    pub(crate) fn from_bytes(b: &[u8; 32], strings: usize) -> Option<Slot> {
+        let u64_at = |i: usize| b.get(i..i + 8)?.try_into().ok().map(u64::from_le_bytes);
+        let u32_at = |i: usize| b.get(i..i + 4)?.try_into().ok().map(u32::from_le_bytes);
+        let slot = Slot {
+            number: u64_at(0)?,
+            expires_ms: u64_at(8)?,
+            scope: u32_at(16)?,
+            reason: u32_at(20)?,
+            added_by: u32_at(24)?,
+            added_at: u32_at(28)?,
+        };
+        let ids_ok = [slot.scope().tenant(), slot.reason, slot.added_by]
+            .iter()
+            .all(|&id| (id as usize) < strings);
+        (ids_ok && E164::from_value(slot.number).is_some()).then_some(slot)
+    }
+
     /// Equal as rules, reading string ids through each side's table; expiries closer than
     /// `jitter_ms` count as equal.
     pub(crate) fn same_as(
@@ -156,6 +187,34 @@ impl Strings {
 
     pub(crate) fn len(&self) -> usize {
         self.list.len()
+    }
+
+    /// Every string by id (id 0 first, the empty string).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|s| &**s)
+    }
+
+    /// A table holding `list` by position; `None` unless it starts with the empty string and
+    /// has no duplicates.
+    pub(crate) fn from_list(list: Vec<String>) -> Option<Strings> {
+        if list.first().map(String::as_str) != Some("") {
+            return None;
+        }
+        let list: Vec<Arc<str>> = list.into_iter().map(Arc::from).collect();
+        let mut index = HashMap::with_capacity(list.len());
+        for (id, text) in list.iter().enumerate() {
+            if index
+                .insert(text.clone(), u32::try_from(id).ok()?)
+                .is_some()
+            {
+                return None;
+            }
+        }
+        Some(Strings {
+            list: Arc::new(list),
+            index: Arc::new(index),
+            recent: [0; 2],
+        })
     }
 }
 

@@ -30,7 +30,9 @@ pub use self::pattern::{PatternError, RulePattern};
 pub use self::schedule::{Schedule, TimeZone};
 
 /// Which list an entry belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ListKind {
     /// Calls from the number are refused.
@@ -638,6 +640,49 @@ impl Snapshot {
                     })
                     .is_some_and(|o| s.same_as(&self.strings, o, &other.strings, jitter_ms))
             })
+    }
+
+    /// What the snapshot file ([`crate::store::cache`]) stores: the string table, every compact
+    /// rule as 32 bytes, and the general rules.
+    pub fn cache_parts(
+        &self,
+    ) -> (
+        impl Iterator<Item = &str>,
+        impl Iterator<Item = [u8; 32]>,
+        impl Iterator<Item = &Entry>,
+    ) {
+        (
+            self.strings.iter(),
+            self.exact.iter().map(|s| s.to_bytes()),
+            self.rich.rules.iter().map(|r| r.entry.as_ref()),
+        )
+    }
+
+    /// Rebuilds a snapshot from [`Snapshot::cache_parts`]; `None` when the parts do not fit
+    /// together (a damaged file).
+    pub fn from_cache_parts(
+        strings: Vec<String>,
+        slots: &[[u8; 32]],
+        rich: Vec<Entry>,
+        version: u64,
+        zone: &TimeZone,
+    ) -> Option<Snapshot> {
+        let strings = Strings::from_list(strings)?;
+        let slots = slots
+            .iter()
+            .map(|b| exact::Slot::from_bytes(b, strings.len()))
+            .collect::<Option<Vec<_>>>()?;
+        let mut builder = SnapshotBuilder::new(zone);
+        for entry in rich {
+            builder.add(entry);
+        }
+        let rich = builder.finish(version).rich;
+        Some(Snapshot {
+            rich,
+            exact: ExactTable::build(slots),
+            strings,
+            version,
+        })
     }
 
     /// Monotonic build counter, for logs.

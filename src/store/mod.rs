@@ -2,6 +2,7 @@
 //! and the sync that turns store contents into published snapshots.
 //! Decisions never call into this module; they read the snapshot it publishes.
 
+pub mod cache;
 pub mod local;
 pub mod redis;
 pub mod sync;

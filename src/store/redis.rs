@@ -72,6 +72,17 @@ impl RedisStore {
         })
     }
 
+    /// The normalizer rule texts are read with.
+    pub fn normalizer(&self) -> &Normalizer {
+        &self.normalizer
+    }
+
+    /// Names this store (server, database, key prefix) for the snapshot file.
+    pub fn identity(&self) -> String {
+        let info = self.client.get_connection_info();
+        format!("{:?} db{} {}", info.addr(), self.db(), self.prefix)
+    }
+
     /// Database number selected by the URL (for keyspace channel names).
     pub fn db(&self) -> i64 {
         self.client.get_connection_info().redis_settings().db()

@@ -30,6 +30,10 @@ pub struct SyncOptions {
     pub max_backoff: Duration,
     /// Zone for rule schedules that name none.
     pub time_zone: TimeZone,
+    /// Redis only: where to keep the snapshot file, if anywhere.
+    pub snapshot_file: Option<std::path::PathBuf>,
+    /// Shortest time between two writes of the snapshot file.
+    pub snapshot_file_interval: Duration,
 }
 
 /// Runs until `shutdown`, keeping `handle` in step with `store`.
@@ -201,6 +205,16 @@ async fn run_redis(
     options: SyncOptions,
     shutdown: CancellationToken,
 ) {
+    if let Some(path) = options.snapshot_file.clone() {
+        read_snapshot_file(&store, &handle, &options, &path).await;
+        tokio::spawn(write_snapshot_file(
+            store.identity(),
+            handle.clone(),
+            path,
+            options.snapshot_file_interval,
+            shutdown.clone(),
+        ));
+    }
     let mut version = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -217,6 +231,83 @@ async fn run_redis(
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(options.max_backoff);
+    }
+}
+
+/// Publishes the snapshot file's list (version 0) so calls are decided by the last known list
+/// while Redis streams in; any problem with the file is logged and the start goes on empty.
+async fn read_snapshot_file(
+    store: &RedisStore,
+    handle: &SnapshotHandle,
+    options: &SyncOptions,
+    path: &std::path::Path,
+) {
+    let (path_buf, identity, normalizer, zone) = (
+        path.to_path_buf(),
+        store.identity(),
+        store.normalizer().clone(),
+        options.time_zone.clone(),
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        super::cache::read(&path_buf, &identity, &normalizer, &zone)
+    })
+    .await;
+    match read {
+        Ok(Ok(Some(snapshot))) => {
+            let (block, allow) = (snapshot.len(ListKind::Block), snapshot.len(ListKind::Allow));
+            handle.publish(snapshot);
+            info!(path = %path.display(), block, allow, "snapshot published from the snapshot file; deciding from it until redis is loaded");
+        }
+        Ok(Ok(None)) => {
+            warn!(path = %path.display(), "snapshot file is for another store; not used")
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!(path = %path.display(), "no snapshot file yet");
+        }
+        Ok(Err(error)) => {
+            warn!(path = %path.display(), %error, "snapshot file not usable; starting empty")
+        }
+        Err(error) => warn!(%error, "snapshot file read failed; starting empty"),
+    }
+}
+
+/// Writes the current snapshot to the file whenever a new version (from Redis: not the file's
+/// own version 0) has been published, at most once per `every`.
+async fn write_snapshot_file(
+    identity: String,
+    handle: SnapshotHandle,
+    path: std::path::PathBuf,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut written: Option<(u64, Instant)> = None;
+    let mut tick = interval(Duration::from_secs(1).min(every));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let current = handle.load();
+        let v = current.version();
+        let due = written.is_none_or(|(w, at)| w != v && at.elapsed() >= every);
+        if v == 0 || !due {
+            continue;
+        }
+        let (p, id) = (path.clone(), identity.clone());
+        let started = Instant::now();
+        match tokio::task::spawn_blocking(move || super::cache::write(&p, &id, &current)).await {
+            Ok(Ok(())) => {
+                debug!(version = v, took = ?started.elapsed(), "snapshot file written");
+                written = Some((v, Instant::now()));
+            }
+            Ok(Err(error)) => {
+                warn!(path = %path.display(), %error, "snapshot file not written");
+                // Do not retry every second against a full disk or a read-only path.
+                written = Some((v, Instant::now()));
+            }
+            Err(error) => warn!(%error, "snapshot file writer failed"),
+        }
     }
 }
 

@@ -297,3 +297,44 @@ fn a_big_list_loads_in_batches_with_ttls_spellings_and_odd_keys() {
         "the TTL must end the rule"
     );
 }
+
+/// With `redis.snapshot_file`, a restart while Redis is down still blocks what was blocked:
+/// the file written after the last load is the list until Redis is back.
+#[test]
+fn a_restart_with_redis_down_decides_from_the_snapshot_file() {
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("snapshot.bin");
+    let file_text = file.to_string_lossy().into_owned();
+    let env = [
+        ("CALLGUARD_REDIS__SNAPSHOT_FILE", file_text.as_str()),
+        ("CALLGUARD_REDIS__SNAPSHOT_FILE_INTERVAL_MS", "100"),
+    ];
+    cli_ok(&url, &["block", "+79991234567", "--reason", "collectors"]);
+    cli_ok(&url, &["block", "+7495123XXXX", "--reason", "exchange"]);
+    {
+        let server = Server::start(&url, &env);
+        assert!(
+            within(Duration::from_secs(5), || agi_call(
+                server.agi,
+                "89991234567"
+            )
+            .verdict()
+                == "block")
+            .is_some()
+        );
+        assert!(
+            within(Duration::from_secs(5), || file.exists()).is_some(),
+            "snapshot file not written"
+        );
+    }
+    redis.kill();
+    // `start` returns once a snapshot is published: with Redis down, only the file can do it.
+    let server = Server::start(&url, &env);
+    let call = agi_call(server.agi, "+7 999 123-45-67");
+    assert_eq!(call.verdict(), "block");
+    assert_eq!(call.vars["CALLGUARD_REASON"], "collectors");
+    assert_eq!(agi_call(server.agi, "84951234444").verdict(), "block");
+    assert_eq!(agi_call(server.agi, "89990000000").verdict(), "allow");
+}
