@@ -1368,6 +1368,41 @@ mod tests {
     }
 
     #[test]
+    fn tally_counts_live_rules_of_both_storages() {
+        let mut expired = rule("block +74951110000");
+        expired.expires_at = Some(t0() - Duration::from_secs(1));
+        let mut ban = rule("block +74951110001");
+        ban.added_by = Some("detector".into());
+        ban.expires_at = Some(t0() + Duration::from_secs(60));
+        let mut masked_ban = rule("block +7812*");
+        masked_ban.added_by = Some("detector".into());
+        let snap = Snapshot::compile(
+            [
+                expired,
+                ban,
+                masked_ban,
+                rule("block +74951110002"),
+                rule("allow@acme +74951110003"),
+                rule("block@zeta +7495*"),
+                rule("block@acme/+74951112233 +74951110004"),
+            ],
+            1,
+        );
+        let tally = snap.tally(t0(), "detector");
+        let get = |list, kind| tally.by_kind.get(&(list, kind)).copied().unwrap_or(0);
+        // The expired compact rule is not counted; the DID-scoped exact one is a general rule.
+        assert_eq!(get(ListKind::Block, "exact"), 3);
+        assert_eq!(get(ListKind::Allow, "exact"), 1);
+        assert_eq!(get(ListKind::Block, "prefix"), 2);
+        assert_eq!(tally.by_author, 2);
+        assert_eq!(
+            tally.tenants.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["acme", "zeta"]
+        );
+        assert_eq!(snap.len(ListKind::Block), 6);
+    }
+
+    #[test]
     fn no_match_allows() {
         let snap = Snapshot::default();
         let number = Normalizer::default().normalize("+74951234567");
