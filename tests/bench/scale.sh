@@ -3,6 +3,7 @@
 #   - cold start: time from `serve` start to the loaded snapshot, calls answered meanwhile;
 #   - resident memory of the loaded server minus that of the same server on an empty list;
 #   - edit latency: `callguard edit-latency` (CLI writes and redis-cli SETs) at that size.
+#   - restart with `redis.snapshot_file`: time until it decides from the file.
 # Not part of CI (minutes, ~3 GB for Redis at 10M). Usage:
 #   N=10000000 MASKS=100000 bash tests/bench/scale.sh
 set -euo pipefail
@@ -46,7 +47,8 @@ PY
 start_serve() {
   AGI=127.0.0.1:$(free_port)
   METRICS=127.0.0.1:$(free_port)
-  CALLGUARD_FLOOD__ENABLED=false RUST_LOG=warn "$BIN" --store "redis://127.0.0.1:$RPORT/$1" serve \
+  CALLGUARD_FLOOD__ENABLED=false RUST_LOG=warn CALLGUARD_REDIS__SNAPSHOT_FILE="$WORK/snapshot-$1.bin" \
+    "$BIN" --store "redis://127.0.0.1:$RPORT/$1" serve \
     --agi-listen "$AGI" --esl-listen 127.0.0.1:0 --metrics-listen "$METRICS" >"$WORK/serve-$1.log" 2>&1 &
   SERVE_PID=$!
 }
@@ -83,3 +85,14 @@ echo "== a blocked number from the list, in another format"
 
 echo "== edit latency at this size ($EDITS edits)"
 "$BIN" --store "redis://127.0.0.1:$RPORT/0" edit-latency --agi "$AGI" --edits "$EDITS"
+
+echo "== restart with the snapshot file (redis.snapshot_file)"
+until [[ -s "$WORK/snapshot-0.bin" ]]; do sleep 0.2; done
+sleep 2
+kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
+echo "snapshot file: $(stat -c %s "$WORK/snapshot-0.bin") bytes"
+t0=$(date +%s.%N)
+start_serve 0
+until ready "$METRICS"; do sleep 0.05; done
+echo "restart ready (deciding from the file) after $(echo "$(date +%s.%N) - $t0" | bc) s"
+"$BIN" loadgen --agi "$AGI" --calls 200 --concurrency 4 --blocked-numbers 0 --keep-list | tail -2
