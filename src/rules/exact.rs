@@ -311,38 +311,82 @@ fn hash(number: u64, scope: Scope) -> u64 {
     x ^ (x >> 32)
 }
 
-/// One immutable open-addressing table (linear probing, at most 80% full).
+/// One immutable open-addressing table (linear probing, at most 80% full). A full build puts
+/// every shard in one shared block: one big allocation goes back to the OS whole when the
+/// table is dropped, where thousands of 80 KB ones would stay in the allocator's heap and keep
+/// a replaced table's memory resident. Shards rebuilt by a patch own their slots.
 #[derive(Debug, Default)]
 struct Shard {
-    slots: Box<[Slot]>,
+    slots: ShardSlots,
+}
+
+#[derive(Debug)]
+enum ShardSlots {
+    /// `block[start..start + len]`.
+    InBlock {
+        block: Arc<Vec<Slot>>,
+        start: usize,
+        len: usize,
+    },
+    Own(Box<[Slot]>),
+}
+
+impl Default for ShardSlots {
+    fn default() -> Self {
+        ShardSlots::Own(Box::default())
+    }
+}
+
+/// Slots an open-addressing table of `n` distinct keys takes.
+fn capacity(n: usize) -> usize {
+    if n == 0 { 0 } else { n + n / 4 + 1 }
+}
+
+/// Places distinct-key `items` into the empty `slots` (of [`capacity`] of their count).
+fn fill(slots: &mut [Slot], items: &[Slot]) {
+    let cap = slots.len();
+    if cap == 0 {
+        return;
+    }
+    for item in items {
+        let mut i = start(hash(item.number, Scope(item.scope)), cap);
+        while slots.get(i).is_some_and(|s| s.number != 0) {
+            i = if i + 1 == cap { 0 } else { i + 1 };
+        }
+        if let Some(slot) = slots.get_mut(i) {
+            *slot = *item;
+        }
+    }
 }
 
 impl Shard {
-    /// Builds from slots with distinct keys.
+    /// Builds from slots with distinct keys, in its own allocation.
     fn build(items: &[Slot]) -> Shard {
-        if items.is_empty() {
-            return Shard::default();
+        let mut slots = vec![Slot::default(); capacity(items.len())].into_boxed_slice();
+        fill(&mut slots, items);
+        Shard {
+            slots: ShardSlots::Own(slots),
         }
-        let cap = items.len() + items.len() / 4 + 1;
-        let mut slots = vec![Slot::default(); cap].into_boxed_slice();
-        for item in items {
-            let mut i = start(hash(item.number, Scope(item.scope)), cap);
-            while slots[i].number != 0 {
-                i = if i + 1 == cap { 0 } else { i + 1 };
+    }
+
+    fn slots(&self) -> &[Slot] {
+        match &self.slots {
+            ShardSlots::InBlock { block, start, len } => {
+                block.get(*start..*start + *len).unwrap_or_default()
             }
-            slots[i] = *item;
+            ShardSlots::Own(slots) => slots,
         }
-        Shard { slots }
     }
 
     fn get(&self, number: u64, scope: Scope, h: u64) -> Option<&Slot> {
-        let cap = self.slots.len();
+        let slots = self.slots();
+        let cap = slots.len();
         if cap == 0 {
             return None;
         }
         let mut i = start(h, cap);
         loop {
-            let slot = self.slots.get(i)?;
+            let slot = slots.get(i)?;
             if slot.number == 0 {
                 return None;
             }
@@ -354,7 +398,7 @@ impl Shard {
     }
 
     fn iter(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|s| s.number != 0)
+        self.slots().iter().filter(|s| s.number != 0)
     }
 }
 
@@ -412,17 +456,12 @@ impl ExactTable {
                 }
             }
         }
-        let mut table = ExactTable {
-            shards: Vec::with_capacity(shards),
-            bits,
-            len: 0,
-            counts: [0; 2],
-        };
+        // Each shard's group sorted by key, the longest-lived first, then deduplicated in place.
+        let mut unique_len = vec![0usize; shards];
         for shard in 0..shards {
             let group = grouped
                 .get_mut(starts[shard]..starts[shard + 1])
                 .unwrap_or_default();
-            // By key, the longest-lived first, so the dedup below keeps it.
             group.sort_unstable_by(|a, b| {
                 (a.number, a.scope).cmp(&(b.number, b.scope)).then_with(|| {
                     if a.outlives(b) {
@@ -434,17 +473,50 @@ impl ExactTable {
                     }
                 })
             });
-            let mut unique: Vec<Slot> = Vec::with_capacity(group.len());
-            for s in group.iter() {
-                if unique.last().is_none_or(|u| u.key() != s.key()) {
-                    unique.push(*s);
+            let mut kept = 0;
+            for i in 0..group.len() {
+                if kept == 0 || group[kept - 1].key() != group[i].key() {
+                    group[kept] = group[i];
+                    kept += 1;
                 }
             }
+            unique_len[shard] = kept;
+        }
+        let total: usize = unique_len.iter().map(|&n| capacity(n)).sum();
+        let mut block = vec![Slot::default(); total];
+        let mut table = ExactTable {
+            shards: Vec::with_capacity(shards),
+            bits,
+            len: 0,
+            counts: [0; 2],
+        };
+        let mut regions = Vec::with_capacity(shards);
+        let mut at = 0;
+        for shard in 0..shards {
+            let unique = grouped
+                .get(starts[shard]..starts[shard] + unique_len[shard])
+                .unwrap_or_default();
+            let cap = capacity(unique.len());
+            if let Some(region) = block.get_mut(at..at + cap) {
+                fill(region, unique);
+            }
             table.len += unique.len();
-            for s in &unique {
+            for s in unique {
                 table.counts[s.scope().list() as usize] += 1;
             }
-            table.shards.push(Arc::new(Shard::build(&unique)));
+            regions.push((at, cap));
+            at += cap;
+        }
+        drop(grouped);
+        let block = Arc::new(block);
+        for (start, len) in regions {
+            table.shards.push(Arc::new(Shard {
+                slots: ShardSlots::InBlock {
+                    block: block.clone(),
+                    start,
+                    len,
+                },
+            }));
         }
         table
     }
