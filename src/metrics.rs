@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use metrics::{
@@ -21,7 +21,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder
 pub use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::number::CallerNumber;
-use crate::rules::{ListKind, RulePattern, Snapshot};
+use crate::rules::{ListKind, RulePattern, Snapshot, unix_ms};
 
 /// Calls decided: `{verdict, reason_kind, tenant, protocol}`.
 pub const CALLS_TOTAL: &str = "callguard_calls_total";
@@ -562,11 +562,6 @@ pub fn snapshot_published(version: u64, counts: &RuleCounts, at: SystemTime) {
 // Unix milliseconds; 0 = not yet. Process-wide like the recorder they feed.
 static STARTED_MS: AtomicU64 = AtomicU64::new(0);
 static FRESH_MS: AtomicU64 = AtomicU64::new(0);
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
 
 /// Marks the start of the process: until the first [`snapshot_fresh`], the snapshot's age
 /// counts from here, so a store that never loads trips the staleness alert.

@@ -296,7 +296,7 @@ pub(crate) fn to_entry(slot: &Slot, strings: &Strings) -> Entry {
 }
 
 /// Milliseconds since the Unix epoch (0 before it).
-pub(crate) fn unix_ms(t: SystemTime) -> u64 {
+pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

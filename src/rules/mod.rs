@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::number::{CallerNumber, E164};
 
+pub use self::exact::unix_ms;
 use self::exact::{ExactTable, Strings};
 
 pub use self::action::RuleAction;

@@ -63,10 +63,7 @@ pub fn write(path: &Path, identity: &str, snapshot: &Snapshot) -> std::io::Resul
             list: e.list,
             rule: e.pattern.to_string(),
             meta: EntryMeta::of(e),
-            expires_ms: e.expires_at.map(|t| {
-                t.duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            }),
+            expires_ms: e.expires_at.map(crate::rules::unix_ms),
         };
         let json = serde_json::to_string(&record).map_err(std::io::Error::other)?;
         write_text(&mut out, &json)?;

@@ -597,11 +597,7 @@ impl RedisStore {
     ) -> Vec<(String, Option<Entry>)> {
         // Whole milliseconds, like the TTL: an expiry then fits a compact snapshot slot.
         let now = SystemTime::UNIX_EPOCH
-            + Duration::from_millis(
-                SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0)),
-            );
+            + Duration::from_millis(crate::rules::unix_ms(SystemTime::now()));
         let mut out = Vec::with_capacity(keys.len());
         let mut i = 0;
         for key in keys {
