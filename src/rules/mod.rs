@@ -329,16 +329,18 @@ impl SnapshotBuilder {
         let rich: Vec<Arc<Entry>> = self
             .rich
             .into_values()
-            .filter(
-                |e| match plain_key(e, &strings).and_then(|k| exact.get(k.0, k.1)) {
+            .filter(|e| {
+                match plain_key(e.tenant.as_ref(), e.list, &e.pattern, &strings)
+                    .and_then(|k| exact.get(k.0, k.1))
+                {
                     Some(slot) if e.outlives(&exact::to_entry(slot, &strings)) => {
                         evict.push((slot.key(), None));
                         true
                     }
                     Some(_) => false,
                     None => true,
-                },
-            )
+                }
+            })
             .map(Arc::new)
             .collect();
         if !evict.is_empty() {
@@ -353,16 +355,22 @@ impl SnapshotBuilder {
     }
 }
 
-/// Where `entry` would sit in the compact table, if its tenant is known there.
-fn plain_key(entry: &Entry, strings: &Strings) -> Option<(u64, exact::Scope)> {
-    let RulePattern::Exact(CallerNumber::E164(n)) = entry.pattern else {
+/// Where the rule `(tenant, list, pattern)` would sit in the compact table: `None` unless it is
+/// an exact E.164 number whose tenant (if any) the string table knows.
+fn plain_key(
+    tenant: Option<&Tenant>,
+    list: ListKind,
+    pattern: &RulePattern,
+    strings: &Strings,
+) -> Option<(u64, exact::Scope)> {
+    let RulePattern::Exact(CallerNumber::E164(n)) = pattern else {
         return None;
     };
-    let tenant = match &entry.tenant {
+    let tenant = match tenant {
         None => 0,
         Some(t) => strings.find(t.as_str())?,
     };
-    Some((n.value(), exact::Scope::new(tenant, entry.list)))
+    Some((n.value(), exact::Scope::new(tenant, list)))
 }
 
 impl RichRules {
@@ -542,14 +550,8 @@ impl Snapshot {
         let changes: HashMap<RuleKey, Option<Entry>> = changes.into_iter().collect();
         for (key, entry) in changes {
             let (tenant, list, pattern) = &key;
-            if let RulePattern::Exact(CallerNumber::E164(n)) = pattern {
-                let tenant_id = match tenant {
-                    None => Some(0),
-                    Some(t) => strings.find(t.as_str()),
-                };
-                if let Some(id) = tenant_id {
-                    exact_changes.push(((n.value(), exact::Scope::new(id, *list)), None));
-                }
+            if let Some(old) = plain_key(tenant.as_ref(), *list, pattern, &strings) {
+                exact_changes.push((old, None));
             }
             if let Some(entry) = entry.filter(|e| e.key() == (tenant.as_ref(), *list, pattern)) {
                 match exact::to_slot(&entry, &mut strings) {
@@ -770,11 +772,8 @@ impl Snapshot {
     /// True when `tenant`'s (or the global) block or allow list has a rule for `pattern`.
     pub fn has_rule(&self, tenant: Option<&Tenant>, pattern: &RulePattern) -> bool {
         ListKind::ALL.into_iter().any(|list| {
-            let probe = Entry {
-                tenant: tenant.cloned(),
-                ..Entry::new(list, pattern.clone())
-            };
-            plain_key(&probe, &self.strings).is_some_and(|k| self.exact.get(k.0, k.1).is_some())
+            plain_key(tenant, list, pattern, &self.strings)
+                .is_some_and(|k| self.exact.get(k.0, k.1).is_some())
         }) || self
             .rich
             .rules
