@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::loadgen::{Outcome, agi};
+use crate::loadgen::{Outcome, agi, quantile};
 use crate::number::Normalizer;
 use crate::rules::{Entry, ListKind, RulePattern};
 use crate::store::{Store, StoreError};
@@ -21,14 +21,6 @@ pub struct EditReport {
     pub redis_set_us: Vec<u64>,
     /// Edits never seen within the timeout.
     pub lost: u64,
-}
-
-fn quantile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 impl EditReport {

@@ -98,14 +98,19 @@ pub struct LoadReport {
     pub count_only: bool,
 }
 
+/// The value at quantile `q` (0-1) of ascending `sorted`; 0 when empty.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0;
+    };
+    let i = (last as f64 * q).round() as usize;
+    sorted.get(i.min(last)).copied().unwrap_or(0)
+}
+
 impl LoadReport {
     /// The latency at quantile `q` (0-1), in microseconds.
     pub fn quantile(&self, q: f64) -> u64 {
-        if self.latencies_us.is_empty() {
-            return 0;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
-        self.latencies_us[i.min(self.latencies_us.len() - 1)]
+        quantile(&self.latencies_us, q)
     }
 
     /// Calls per second over the run.
