@@ -703,12 +703,6 @@ impl Snapshot {
         self.rich.rules.is_empty() && self.exact.len() == 0
     }
 
-    /// Distinct strings held for compact rules (reasons, authors, tenants); grows with edits
-    /// until the next full load, which is when a caller may want to rebuild.
-    pub fn string_count(&self) -> usize {
-        self.strings.len()
-    }
-
     /// Every rule (deduplicated): general rules in precedence order, then compact ones.
     /// Compact rules are materialized one by one; a 10-million list takes seconds to walk.
     pub fn entries(&self) -> impl Iterator<Item = Cow<'_, Entry>> {

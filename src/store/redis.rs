@@ -533,13 +533,6 @@ impl RedisStore {
             .is_none_or(|expires| expires > 0))
     }
 
-    /// Reads every entry with its key.
-    pub async fn load_keyed(&self) -> Result<Vec<(String, Entry)>, StoreError> {
-        let mut out = Vec::new();
-        self.load_each(|k, e| out.push((k.to_owned(), e))).await?;
-        Ok(out)
-    }
-
     /// Reads the given keys; `None` for keys that are gone, are not entries or hold another type.
     pub async fn fetch(&self, keys: &[String]) -> Result<Vec<(String, Option<Entry>)>, StoreError> {
         let replies = self.fetch_raw(keys, true).await?;
