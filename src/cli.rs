@@ -3,7 +3,6 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
@@ -13,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::call::{CallEvent, Protocol};
 use crate::calllog;
 use crate::config::{Config, ConfigError, Overrides};
-use crate::engine::{self, EngineSettings};
+use crate::engine;
 use crate::rules::{self, CallFacts, Entry, ListKind, RulePattern, Snapshot, Tenant};
 use crate::store::{
     EntryMeta, Store, StoreError, current_actor, entry_from_parts, format_time, parse_time,
@@ -181,6 +180,10 @@ pub struct ServeArgs {
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Check the configuration (file, environment, flags) and exit: 0 and a summary when it
+    /// is valid, 2 and the first error when it is not. Nothing is started or bound.
+    #[arg(long, conflicts_with = "print_config")]
+    pub check_config: bool,
 }
 
 /// `block` / `allow` arguments.
@@ -271,6 +274,11 @@ pub enum CliError {
 impl Cli {
     /// Loads the configuration this invocation asks for.
     pub fn load_config(&self) -> Result<Config, ConfigError> {
+        Config::load(self.config.as_deref(), std::env::vars(), &self.overrides())
+    }
+
+    /// The flags that override config keys.
+    fn overrides(&self) -> Overrides {
         let mut overrides = Overrides {
             store: self.store.clone(),
             ..Overrides::default()
@@ -284,21 +292,42 @@ impl Cli {
             Command::Normalize { country, .. } => overrides.default_country = country.clone(),
             _ => {}
         }
-        Config::load(self.config.as_deref(), std::env::vars(), &overrides)
+        overrides
     }
 }
 
-/// Runs the subcommand with an already loaded config.
-pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
+/// Applies a new log filter (`log_level`) to the running process.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Runs the subcommand with an already loaded config; `set_log_level` serves config reloads.
+pub async fn run(
+    cli: Cli,
+    config: Config,
+    set_log_level: SetLogLevel,
+) -> Result<ExitCode, CliError> {
     let mut out = std::io::stdout().lock();
+    let config_file = cli.config.clone();
+    let overrides = cli.overrides();
     match cli.command {
         Command::Serve(args) => {
             if args.print_config {
                 write!(out, "{}", config.to_toml())?;
                 return Ok(ExitCode::SUCCESS);
             }
+            if args.check_config {
+                config.check_store()?;
+                write!(out, "{}", config_summary(&config, config_file.as_deref()))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             drop(out);
-            crate::server::serve(config, CancellationToken::new()).await?;
+            let reloader = crate::server::Reloader {
+                load: Box::new(move || {
+                    Config::load(config_file.as_deref(), std::env::vars(), &overrides)
+                }),
+                set_log_level,
+            };
+            crate::server::serve_with_reload(config, CancellationToken::new(), Some(reloader))
+                .await?;
         }
         Command::Normalize { numbers, .. } => {
             let normalizer = config.normalizer()?;
@@ -485,11 +514,7 @@ async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result
     let normalizer = config.normalizer()?;
     let store = open_store(config).await?;
     let snapshot = Snapshot::compile_in(store.load().await?, 0, &config.time_zone()?);
-    let settings = EngineSettings {
-        default_action: config.default_action()?,
-        did_tenants: Arc::new(config.did_tenants()?),
-        attack_policy: config.flood.target.policy,
-    };
+    let settings = config.engine_settings()?;
     let call = CallEvent {
         protocol: Some(Protocol::Cli),
         caller_id: args.number.clone(),
@@ -761,5 +786,56 @@ impl EntryJson {
             meta: EntryMeta::of(e),
             expires_at: e.expires_at.map(format_time),
         }
+    }
+}
+
+/// What `serve --check-config` prints for a valid configuration.
+fn config_summary(config: &Config, file: Option<&std::path::Path>) -> String {
+    let source = match file {
+        Some(path) => path.display().to_string(),
+        None if std::path::Path::new(crate::config::DEFAULT_CONFIG_FILE).exists() => {
+            crate::config::DEFAULT_CONFIG_FILE.to_owned()
+        }
+        None => "built-in defaults".to_owned(),
+    };
+    let off = |addr: Option<&str>| addr.unwrap_or("off").to_owned();
+    format!(
+        "configuration OK ({source})\n\
+         store:    {}\n\
+         agi:      {} (allow_from: {})\n\
+         esl:      {} (allow_from: {})\n\
+         metrics:  {} (allow_from: {})\n\
+         fail:     {} after {} ms without a list\n",
+        redact_url(&config.store),
+        config.agi.listen,
+        config.agi.allow_from.join(", "),
+        off(config.esl.listen_addr()),
+        config.esl.allow_from.join(", "),
+        off(config.metrics.listen_addr()),
+        config.metrics.allow_from.join(", "),
+        config.fail_policy.as_str(),
+        config.decision_budget_ms,
+    )
+}
+
+/// A store URL with any password replaced by `***`, for printing.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                // `redis://secret@host`: a bare password.
+                "***".to_owned()
+            };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_owned(),
     }
 }

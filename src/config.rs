@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::AllowList;
 use crate::number::{CallerNumber, Normalizer, NumberingPlans};
 use crate::rules::{RuleAction, Tenant, TimeZone};
 use crate::store::StoreLocation;
@@ -47,6 +48,11 @@ pub struct Config {
     pub numbering_plans: Option<PathBuf>,
     /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing filter); `RUST_LOG` wins.
     pub log_level: String,
+    /// What a call gets when no list has been loaded within `decision_budget_ms` (only a
+    /// process that has never loaded one: afterwards decisions come from the last snapshot).
+    pub fail_policy: FailPolicy,
+    /// Longest a call waits for the first list load before the fail policy decides it, in ms.
+    pub decision_budget_ms: u64,
     /// Rule defaults.
     pub rules: RulesSettings,
     /// Called numbers (DIDs, any format) -> tenant: calls to them use that tenant's rules.
@@ -76,6 +82,8 @@ impl Default for Config {
             default_country: "RU".into(),
             numbering_plans: None,
             log_level: "info".into(),
+            fail_policy: FailPolicy::FailOpen,
+            decision_budget_ms: 20,
             rules: RulesSettings::default(),
             dids: std::collections::BTreeMap::new(),
             agi: AgiSettings::default(),
@@ -111,6 +119,27 @@ impl Default for RulesSettings {
     }
 }
 
+/// What a call gets when no decision can be made in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailPolicy {
+    /// Let the call through (`CALLGUARD_VERDICT=allow`): a screening outage never costs a
+    /// customer's call.
+    FailOpen,
+    /// Refuse it with the default action: nothing unscreened gets through.
+    FailClosed,
+}
+
+impl FailPolicy {
+    /// The config spelling, also the metric label and the `CALLGUARD_RULE` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailPolicy::FailOpen => "fail_open",
+            FailPolicy::FailClosed => "fail_closed",
+        }
+    }
+}
+
 /// What the sidecar does on a block verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -133,10 +162,15 @@ pub struct AgiSettings {
     pub read_timeout_ms: u64,
     /// Longest wait for Asterisk's reply to one command, in ms.
     pub reply_timeout_ms: u64,
-    /// Most simultaneous AGI sessions; more wait in the accept queue.
+    /// Most simultaneous AGI sessions; one more is refused (closed at once, Asterisk goes on
+    /// with the call).
     pub max_connections: usize,
     /// Longest accepted line from Asterisk, in bytes.
     pub max_line_bytes: usize,
+    /// Largest accepted environment block, in bytes.
+    pub max_env_bytes: usize,
+    /// Source addresses (CIDR or single addresses) allowed to connect; others are refused.
+    pub allow_from: Vec<String>,
 }
 
 impl Default for AgiSettings {
@@ -148,6 +182,8 @@ impl Default for AgiSettings {
             reply_timeout_ms: 2_000,
             max_connections: 4_096,
             max_line_bytes: 8_192,
+            max_env_bytes: 64 * 1024,
+            allow_from: crate::access::default_allow_from(),
         }
     }
 }
@@ -168,8 +204,15 @@ pub struct EslSettings {
     pub execute_timeout_ms: u64,
     /// Longest wait for a `playback` action to finish before hanging up, in ms.
     pub playback_timeout_ms: u64,
-    /// Most simultaneous sessions; more wait in the accept queue.
+    /// Most simultaneous sessions; one more is refused (closed at once, the `socket`
+    /// application returns and the dialplan goes on).
     pub max_connections: usize,
+    /// Largest accepted header block (the channel data is one), in bytes.
+    pub max_header_bytes: usize,
+    /// Largest accepted message body (`Content-Length`), in bytes.
+    pub max_body_bytes: usize,
+    /// Source addresses (CIDR or single addresses) allowed to connect; others are refused.
+    pub allow_from: Vec<String>,
 }
 
 impl Default for EslSettings {
@@ -182,11 +225,23 @@ impl Default for EslSettings {
             execute_timeout_ms: 2_000,
             playback_timeout_ms: 60_000,
             max_connections: 4_096,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 4 * 1024 * 1024,
+            allow_from: crate::access::default_allow_from(),
         }
     }
 }
 
 impl EslSettings {
+    /// The codec's size caps.
+    pub fn limits(&self) -> crate::esl::codec::Limits {
+        crate::esl::codec::Limits {
+            max_header_block: self.max_header_bytes,
+            max_body: self.max_body_bytes,
+            ..crate::esl::codec::Limits::default()
+        }
+    }
+
     /// The address to listen on, `None` when `listen = "off"`.
     pub fn listen_addr(&self) -> Option<&str> {
         (!self.listen.trim().eq_ignore_ascii_case("off")).then_some(self.listen.trim())
@@ -438,6 +493,8 @@ pub struct MetricsConfig {
     pub listen: String,
     /// Most tenants shown by name in metric labels; the rest are `other`.
     pub tenant_cap: usize,
+    /// Source addresses (CIDR or single addresses) allowed to connect (Prometheus, probes).
+    pub allow_from: Vec<String>,
 }
 
 impl Default for MetricsConfig {
@@ -445,6 +502,7 @@ impl Default for MetricsConfig {
         MetricsConfig {
             listen: "127.0.0.1:9573".into(),
             tenant_cap: 50,
+            allow_from: crate::access::default_allow_from(),
         }
     }
 }
@@ -649,6 +707,9 @@ impl Config {
         if self.store.trim().is_empty() {
             return invalid("store", "must not be empty".into());
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return invalid("log_level", format!("{:?}: {e}", self.log_level));
+        }
         self.normalizer()?;
         if let Err(e) = self.agi.listen.parse::<SocketAddr>() {
             return invalid(
@@ -703,6 +764,28 @@ impl Config {
         if self.agi.max_line_bytes < 1024 {
             return invalid("agi.max_line_bytes", "must be at least 1024".into());
         }
+        if self.agi.max_env_bytes < self.agi.max_line_bytes {
+            return invalid(
+                "agi.max_env_bytes",
+                "must be at least agi.max_line_bytes".into(),
+            );
+        }
+        if self.esl.max_header_bytes < 4096 || self.esl.max_body_bytes < 4096 {
+            return invalid(
+                "esl.max_header_bytes",
+                "esl.max_header_bytes and esl.max_body_bytes must be at least 4096".into(),
+            );
+        }
+        if !(1..=10_000).contains(&self.decision_budget_ms) {
+            return invalid(
+                "decision_budget_ms",
+                "must be between 1 and 10000 (Asterisk waits for callguard without a timeout)"
+                    .into(),
+            );
+        }
+        self.agi_allow()?;
+        self.esl_allow()?;
+        self.metrics_allow()?;
         let positive = [
             ("agi.read_timeout_ms", self.agi.read_timeout_ms),
             ("agi.reply_timeout_ms", self.agi.reply_timeout_ms),
@@ -744,6 +827,32 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The decision settings.
+    pub fn engine_settings(&self) -> Result<crate::engine::EngineSettings, ConfigError> {
+        Ok(crate::engine::EngineSettings {
+            default_action: self.default_action()?,
+            did_tenants: std::sync::Arc::new(self.did_tenants()?),
+            attack_policy: self.flood.target.policy,
+            fail_policy: self.fail_policy,
+            decision_budget: Duration::from_millis(self.decision_budget_ms),
+        })
+    }
+
+    /// `agi.allow_from`, parsed.
+    pub fn agi_allow(&self) -> Result<AllowList, ConfigError> {
+        allow_list("agi.allow_from", &self.agi.allow_from)
+    }
+
+    /// `esl.allow_from`, parsed.
+    pub fn esl_allow(&self) -> Result<AllowList, ConfigError> {
+        allow_list("esl.allow_from", &self.esl.allow_from)
+    }
+
+    /// `metrics.allow_from`, parsed.
+    pub fn metrics_allow(&self) -> Result<AllowList, ConfigError> {
+        allow_list("metrics.allow_from", &self.metrics.allow_from)
     }
 
     /// The normalizer for `default_country` with the built-in plans plus `numbering_plans`.
@@ -830,10 +939,47 @@ impl Config {
         StoreLocation::parse(&self.store)
     }
 
+    /// Checks what `serve --check-config` can without connecting: a Redis URL parses, an
+    /// embedded store's directory exists.
+    pub fn check_store(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            key: "store",
+            message,
+        };
+        match self.store_location() {
+            StoreLocation::Redis(url) => {
+                if url.starts_with("redis://") || url.starts_with("rediss://") {
+                    redis::Client::open(url.as_str())
+                        .map_err(|e| invalid(format!("not a usable Redis URL: {e}")))?;
+                }
+            }
+            StoreLocation::Local(path) => {
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                if !dir.is_dir() {
+                    return Err(invalid(format!(
+                        "directory {} of the embedded store does not exist",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The effective config as TOML (for `serve --print-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+fn allow_list(key: &'static str, entries: &[String]) -> Result<AllowList, ConfigError> {
+    AllowList::parse(entries).map_err(|e| ConfigError::Invalid {
+        key,
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use tracing::{debug, info};
 
 use crate::bans::FloodHook;
 use crate::call::{CallEvent, Decision, Verdict};
 use crate::calllog::CallLog;
-use crate::config::AttackPolicy;
+use crate::config::{AttackPolicy, FailPolicy};
 use crate::flood::{AttackState, Observed};
 use crate::number::{CallerNumber, Normalizer};
 use crate::rules::{self, CallFacts, ListKind, RuleAction, Snapshot, Tenant};
@@ -25,6 +27,10 @@ pub struct EngineSettings {
     pub did_tenants: Arc<HashMap<CallerNumber, Tenant>>,
     /// What changes for a DID or tenant under attack.
     pub attack_policy: AttackPolicy,
+    /// What a call gets when no list has been loaded within `decision_budget`.
+    pub fail_policy: FailPolicy,
+    /// Longest a call waits for the first list load.
+    pub decision_budget: Duration,
 }
 
 impl Default for EngineSettings {
@@ -33,6 +39,8 @@ impl Default for EngineSettings {
             default_action: RuleAction::default(),
             did_tenants: Arc::default(),
             attack_policy: AttackPolicy::BlockAnonymousInvalid,
+            fail_policy: FailPolicy::FailOpen,
+            decision_budget: Duration::from_millis(20),
         }
     }
 }
@@ -42,7 +50,8 @@ impl Default for EngineSettings {
 pub struct Engine {
     snapshot: SnapshotHandle,
     normalizer: Normalizer,
-    settings: Arc<EngineSettings>,
+    // Swapped whole by a config reload; every clone sees the new settings.
+    settings: Arc<ArcSwap<EngineSettings>>,
     call_log: Option<CallLog>,
     flood: Option<FloodHook>,
 }
@@ -57,7 +66,7 @@ impl Engine {
         Engine {
             snapshot,
             normalizer,
-            settings: Arc::new(settings),
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
             call_log: None,
             flood: None,
         }
@@ -75,6 +84,52 @@ impl Engine {
         self
     }
 
+    /// Replaces the settings of this engine and all its clones (config reload).
+    pub fn reconfigure(&self, settings: EngineSettings) {
+        self.settings.store(Arc::new(settings));
+    }
+
+    /// Decides one call like [`Engine::decide`], but first, if no list has ever been loaded,
+    /// waits for one up to the decision budget; past it the fail policy decides.
+    pub async fn decide_when_ready(&self, call: &CallEvent) -> Decision {
+        if !self.snapshot.is_ready() {
+            let budget = self.settings.load().decision_budget;
+            if tokio::time::timeout(budget, self.snapshot.wait_ready())
+                .await
+                .is_err()
+            {
+                return self.fail_decision(call);
+            }
+        }
+        self.decide(call)
+    }
+
+    /// The fail policy's decision for a call no list could decide.
+    fn fail_decision(&self, call: &CallEvent) -> Decision {
+        let started = Instant::now();
+        let settings = self.settings.load();
+        let number = self.normalizer.normalize(&call.caller_id);
+        let did = call.called.as_deref().map(|d| self.normalizer.normalize(d));
+        let tenant = call_tenant(call, did.as_ref(), &settings);
+        let policy = settings.fail_policy;
+        let (verdict, action) = match policy {
+            FailPolicy::FailOpen => (Verdict::Allow, None),
+            FailPolicy::FailClosed => (Verdict::Block, Some(settings.default_action.clone())),
+        };
+        let decision = Decision {
+            verdict,
+            action,
+            number,
+            reason: format!("no list loaded yet ({})", policy.as_str()),
+            rule: policy.as_str().to_owned(),
+            matched: None,
+            reason_kind: policy.as_str(),
+            tenant,
+        };
+        crate::metrics::fail_policy_decision(policy.as_str());
+        self.finish(call, decision, started)
+    }
+
     /// The normalizer decisions use.
     pub fn normalizer(&self) -> &Normalizer {
         &self.normalizer
@@ -84,11 +139,12 @@ impl Engine {
     pub fn decide(&self, call: &CallEvent) -> Decision {
         let started = Instant::now();
         let snapshot = self.snapshot.load();
+        let settings = self.settings.load();
         let mut decision = decide(
             call,
             &self.normalizer,
             &snapshot,
-            &self.settings,
+            &settings,
             SystemTime::now(),
         );
         // Only calls no rule refused count toward floods (and an allow-listed caller never
@@ -114,9 +170,14 @@ impl Engine {
                     .detector
                     .under_attack(did.as_ref(), decision.tenant.as_ref(), now)
             {
-                apply_attack_policy(&mut decision, &attack, &self.settings);
+                apply_attack_policy(&mut decision, &attack, &settings);
             }
         }
+        self.finish(call, decision, started)
+    }
+
+    /// Metrics, call log and log line of a decision made.
+    fn finish(&self, call: &CallEvent, decision: Decision, started: Instant) -> Decision {
         let elapsed = started.elapsed();
         let micros = elapsed.as_micros();
         crate::metrics::record_call(

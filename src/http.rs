@@ -13,6 +13,8 @@ use tokio::time::{MissedTickBehavior, interval, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::listener::SharedPolicy;
+
 /// Longest request head (request line and headers) read; longer gets 431.
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Time a client has to send its whole request head; slower gets 408.
@@ -67,7 +69,12 @@ impl HttpState {
 /// Serves until `shutdown`, then lets responses in flight finish (briefly). Also runs the
 /// recorder's upkeep every [`UPKEEP_INTERVAL`]. Give it its own token, cancelled after the PBX
 /// listeners and the store sync have stopped, so a scrape during shutdown still answers.
-pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    policy: SharedPolicy,
+    shutdown: CancellationToken,
+) {
     let upkeep_handle = state.handle.clone();
     let upkeep_stop = shutdown.clone();
     let upkeep = async move {
@@ -82,7 +89,8 @@ pub async fn serve(listener: TcpListener, state: HttpState, shutdown: Cancellati
     };
     let accept = crate::listener::serve(
         listener,
-        MAX_CONNECTIONS,
+        "metrics",
+        policy,
         SHUTDOWN_GRACE,
         shutdown,
         move |stream, peer| handle_connection(stream, peer, state.clone()),
@@ -402,7 +410,11 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             let shutdown = CancellationToken::new();
-            let task = tokio::spawn(serve(listener, state, shutdown.clone()));
+            let policy = crate::listener::shared(crate::listener::ListenerPolicy {
+                max_connections: MAX_CONNECTIONS,
+                allow: crate::access::AllowList::loopback(),
+            });
+            let task = tokio::spawn(serve(listener, state, policy, shutdown.clone()));
             TestServer {
                 addr,
                 ready,

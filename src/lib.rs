@@ -18,6 +18,7 @@
 //! - [`editbench`]: edit-to-decision latency (`callguard edit-latency`).
 //! - [`agi`]: FastAGI front end.
 
+pub mod access;
 pub mod agi;
 pub mod bans;
 pub mod call;

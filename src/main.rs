@@ -17,14 +17,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    // RUST_LOG, when set, wins over log_level, also on a config reload.
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let pinned = from_env.is_some();
+    let filter = from_env
+        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
-        .init();
+        .with_filter_reloading();
+    let filter_handle = subscriber.reload_handle();
+    subscriber.init();
+    let set_log_level: cli::SetLogLevel = Box::new(move |level: &str| {
+        if pinned {
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("{level:?}: {e}"))?;
+        filter_handle.reload(filter).map_err(|e| e.to_string())
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -35,7 +47,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(cli::run(cli, config)) {
+    match runtime.block_on(cli::run(cli, config, set_log_level)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("callguard: {e}");

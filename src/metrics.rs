@@ -52,6 +52,13 @@ pub const STORE_ERRORS_TOTAL: &str = "callguard_store_errors_total";
 pub const CONNECTION_ERRORS_TOTAL: &str = "callguard_connection_errors_total";
 /// PBX sessions open now: `{protocol}`.
 pub const SESSIONS_ACTIVE: &str = "callguard_sessions_active";
+/// Connections closed at once without a session: `{listener, reason}`.
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "callguard_connections_refused_total";
+/// Calls decided by the fail policy because no list had been loaded within the decision
+/// budget: `{policy}` (`fail_open`, `fail_closed`).
+pub const FAIL_POLICY_DECISIONS_TOTAL: &str = "callguard_fail_policy_decisions_total";
+/// Configuration reloads (SIGHUP): `{result}` (`ok`, `error`).
+pub const CONFIG_RELOADS_TOTAL: &str = "callguard_config_reloads_total";
 
 /// Every metric name the binary exports (histograms by their base name; see [`is_exported`]).
 pub const ALL: &[&str] = &[
@@ -69,6 +76,9 @@ pub const ALL: &[&str] = &[
     STORE_ERRORS_TOTAL,
     CONNECTION_ERRORS_TOTAL,
     SESSIONS_ACTIVE,
+    CONNECTIONS_REFUSED_TOTAL,
+    FAIL_POLICY_DECISIONS_TOTAL,
+    CONFIG_RELOADS_TOTAL,
 ];
 
 /// The names in [`ALL`] exported as Prometheus histograms (`_bucket`, `_sum`, `_count`).
@@ -104,6 +114,10 @@ pub const PROTOCOLS: &[&str] = &["agi", "esl"];
 pub const FLOOD_DETECTORS: &[&str] = &["per_caller", "range", "fan_out", "target"];
 /// The `kind` values of [`TARGETS_UNDER_ATTACK`] (`crate::flood::TargetKind::as_str`).
 pub const TARGET_KINDS: &[&str] = &["did", "tenant"];
+/// The `listener` values of [`CONNECTIONS_REFUSED_TOTAL`].
+pub const LISTENERS: &[&str] = &["agi", "esl", "metrics"];
+/// The `policy` values of [`FAIL_POLICY_DECISIONS_TOTAL`].
+pub const FAIL_POLICIES: &[&str] = &["fail_open", "fail_closed"];
 
 /// True when `series` (a name as it appears in the exposition text) is one the binary exports:
 /// a name in [`ALL`], or a [`HISTOGRAMS`] name with `_bucket`, `_sum` or `_count`.
@@ -420,6 +434,23 @@ pub fn describe() {
         Unit::Count,
         "PBX sessions open now, by protocol."
     );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "Connections closed at once without a session, by listener (agi, esl, metrics) and \
+         reason (not_allowed: source address outside allow_from; max_connections: full)."
+    );
+    describe_counter!(
+        FAIL_POLICY_DECISIONS_TOTAL,
+        Unit::Count,
+        "Calls decided by the fail policy (fail_open, fail_closed) because no list had been \
+         loaded within the decision budget."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        Unit::Count,
+        "Configuration reloads on SIGHUP, by result (ok; error: the old config stays)."
+    );
 }
 
 /// Creates, at zero, the series whose first event must be visible to `increase()` and alerts
@@ -443,6 +474,18 @@ pub fn init_series() {
     }
     counter!(BAN_REQUESTS_DROPPED_TOTAL).absolute(0);
     gauge!(ACTIVE_BANS).set(0.0);
+    for &listener in LISTENERS {
+        for reason in RefusalReason::ALL {
+            counter!(CONNECTIONS_REFUSED_TOTAL, "listener" => listener, "reason" => reason.as_str())
+                .absolute(0);
+        }
+    }
+    for &policy in FAIL_POLICIES {
+        counter!(FAIL_POLICY_DECISIONS_TOTAL, "policy" => policy).absolute(0);
+    }
+    for result in ["ok", "error"] {
+        counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
 }
 
 /// The `reason_kind` of a decision: the deciding rule's kind (`anonymous` for the rule that
@@ -486,6 +529,44 @@ pub fn record_verdict_time(protocol: &'static str, elapsed: Duration) {
         return;
     }
     histogram!(VERDICT_SECONDS, "protocol" => protocol).record(elapsed.as_secs_f64());
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The source address is outside the listener's `allow_from`.
+    NotAllowed,
+    /// `max_connections` sessions were already open.
+    MaxConnections,
+}
+
+impl RefusalReason {
+    /// Every reason, for zero-filling.
+    pub const ALL: [RefusalReason; 2] = [RefusalReason::NotAllowed, RefusalReason::MaxConnections];
+
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::NotAllowed => "not_allowed",
+            RefusalReason::MaxConnections => "max_connections",
+        }
+    }
+}
+
+/// Counts a connection refused by a listener (`agi`, `esl`, `metrics`).
+pub fn connection_refused(listener: &'static str, reason: RefusalReason) {
+    counter!(CONNECTIONS_REFUSED_TOTAL, "listener" => listener, "reason" => reason.as_str())
+        .increment(1);
+}
+
+/// Counts a call decided by the fail policy (`fail_open`, `fail_closed`).
+pub fn fail_policy_decision(policy: &'static str) {
+    counter!(FAIL_POLICY_DECISIONS_TOTAL, "policy" => policy).increment(1);
+}
+
+/// Counts a config reload (`ok`, `error`).
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
 }
 
 /// Counts a PBX connection that ended in an error.

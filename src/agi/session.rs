@@ -159,7 +159,7 @@ impl Conn {
         let call = call_from_env(&env, peer);
         match route(&env) {
             Route::Check => {
-                let decision = context.engine.decide(&call);
+                let decision = context.engine.decide_when_ready(&call).await;
                 remember_caller(context, &env, &call, &decision);
                 self.carry_out(stream, &decision, received).await
             }

@@ -206,7 +206,7 @@ impl Client {
             return Ok(());
         }
         let call = call_from_channel(event, peer);
-        let decision = engine.decide(&call);
+        let decision = engine.decide_when_ready(&call).await;
         for (name, value) in decision_variables(&decision) {
             let value = codec::defuse_expansion(&value);
             self.api(&format!("uuid_setvar {uuid} {name} {value}"))

@@ -134,7 +134,7 @@ impl Conn {
             });
         }
         let call = call_from_channel(&data, peer);
-        let decision = engine.decide(&call);
+        let decision = engine.decide_when_ready(&call).await;
 
         // Events tell us when our `set` has run, so `resume` cannot overtake it.
         out.clear();

@@ -7,6 +7,7 @@ mod cli;
 mod esl;
 mod esl_inbound;
 mod flood;
+mod hardening;
 mod loadgen;
 mod metrics;
 mod redis_store;

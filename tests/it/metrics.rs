@@ -234,6 +234,7 @@ fn alert_rules_cover_the_failure_modes() {
         "CallguardStoreDown",
         "CallguardSnapshotStale",
         "CallguardDecisionLatencyHigh",
+        "CallguardFailPolicyDeciding",
     ] {
         assert!(names.contains(wanted), "no {wanted} alert");
     }

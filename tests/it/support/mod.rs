@@ -22,7 +22,8 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn free_port() -> u16 {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     l.local_addr().expect("local addr").port()
 }
@@ -38,8 +39,12 @@ pub struct Redis {
 impl Redis {
     /// Starts one and waits until it answers PING.
     pub fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    /// [`Redis::start`] on a given port (e.g. one a server was told to use before).
+    pub fn start_on(port: u16) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -124,10 +129,15 @@ impl Server {
     /// with `extra` env vars
     /// and waits for its "listening" line and first snapshot.
     pub fn start(store: &str, extra_env: &[(&str, &str)]) -> Server {
+        Server::launch(&["--store", store], extra_env, true)
+    }
+
+    /// Starts `callguard GLOBAL_ARGS serve` on port-0 listeners with `extra_env`, waits for its
+    /// "listening" line and, when `wait_snapshot`, its first snapshot.
+    pub fn launch(global_args: &[&str], extra_env: &[(&str, &str)], wait_snapshot: bool) -> Server {
         let mut child = Command::new(bin())
+            .args(global_args)
             .args([
-                "--store",
-                store,
                 "serve",
                 "--agi-listen",
                 "127.0.0.1:0",
@@ -157,7 +167,7 @@ impl Server {
         let mut agi = None;
         let mut esl = None;
         let mut metrics = None;
-        let mut ready = false;
+        let mut ready = !wait_snapshot;
         let deadline = Instant::now() + Duration::from_secs(20);
         while agi.is_none() || !ready {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -187,6 +197,43 @@ impl Server {
     /// Log lines printed so far.
     pub fn drain_logs(&self) -> Vec<String> {
         self.logs.try_iter().collect()
+    }
+
+    /// Waits up to `limit` for a log line containing `needle`; returns it.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.logs.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Sends a signal (`HUP`, `TERM`...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; its status, or None if still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
