@@ -74,6 +74,15 @@ pub enum Command {
     /// Measure how long an edit (`callguard block` and plain `redis-cli SET`) takes to reach a
     /// running server's decisions: blocks fresh numbers in --store, calls until blocked.
     EditLatency(EditLatencyArgs),
+    /// Health check for containers and scripts: GET an http:// URL (e.g.
+    /// http://127.0.0.1:9573/readyz); print the body and exit 0 on 200, else the reason and 1.
+    Probe {
+        /// `http://HOST:PORT/PATH`.
+        url: String,
+        /// Give up after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// `edit-latency` arguments.
@@ -379,6 +388,13 @@ pub async fn run(
         Command::Check(args) => check(&config, args, &mut out).await?,
         Command::Log(args) => show_log(&config, args, &mut out).await?,
         Command::Loadgen(args) => return loadgen(&config, args, &mut out).await,
+        Command::Probe { url, timeout } => match crate::http::probe(&url, timeout).await {
+            Ok(body) => write!(out, "{body}")?,
+            Err(e) => {
+                eprintln!("callguard: probe: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        },
         Command::EditLatency(args) => {
             let store = open_store(&config).await?;
             let report = crate::editbench::run(&store, args.agi, args.edits, args.timeout).await?;

@@ -38,8 +38,9 @@ const TEXT: &str = "text/plain; charset=utf-8";
 /// What `/readyz` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
-    /// Serving decisions from a loaded snapshot: 200.
-    Ready,
+    /// Serving decisions from a loaded snapshot: 200, with these detail lines (store state,
+    /// snapshot age) after `ready`.
+    Ready(String),
     /// Not yet (or no longer): 503 with this reason.
     NotReady(String),
 }
@@ -365,7 +366,7 @@ pub fn respond(request: &Request, state: &HttpState) -> Response {
         }
         "/healthz" => Response::text(200, "ok\n"),
         "/readyz" => match (state.ready)() {
-            Readiness::Ready => Response::text(200, "ready\n"),
+            Readiness::Ready(detail) => Response::text(200, format!("ready\n{detail}")),
             Readiness::NotReady(reason) => Response::text(503, format!("not ready: {reason}\n")),
         },
         _ => Response::text(404, "not found\n"),
@@ -373,6 +374,86 @@ pub fn respond(request: &Request, state: &HttpState) -> Response {
     response.head_only = head_only;
     response
 }
+
+/// Why `callguard probe` failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// Not an `http://host:port/path` URL.
+    #[error("{0:?} is not an http://HOST:PORT/PATH URL")]
+    BadUrl(String),
+    /// Could not connect, send or read.
+    #[error("{url}: {source}")]
+    Io {
+        /// The URL probed.
+        url: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No full answer in time.
+    #[error("{0}: no answer in time")]
+    Timeout(String),
+    /// Answered, but not 200.
+    #[error("{url}: {status}")]
+    Status {
+        /// The URL probed.
+        url: String,
+        /// The status line.
+        status: String,
+    },
+}
+
+/// GETs `url` (`http://HOST:PORT/PATH`) within `limit`: the body on a 200, else why not. The
+/// container health check (`callguard probe`): distroless images have no curl.
+pub async fn probe(url: &str, limit: Duration) -> Result<String, ProbeError> {
+    let rest = match url.strip_prefix("http://") {
+        Some(rest) => rest,
+        None if !url.contains("://") => url,
+        None => return Err(ProbeError::BadUrl(url.to_owned())),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || !authority.contains(':') || path.contains(char::is_whitespace) {
+        return Err(ProbeError::BadUrl(url.to_owned()));
+    }
+    let io = |source| ProbeError::Io {
+        url: url.to_owned(),
+        source,
+    };
+    let work = async {
+        let mut stream = TcpStream::connect(authority).await.map_err(io)?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        let mut raw = Vec::new();
+        (&mut stream)
+            .take(MAX_PROBE_RESPONSE)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(io)?;
+        Ok(raw)
+    };
+    let raw = timeout(limit, work)
+        .await
+        .map_err(|_| ProbeError::Timeout(url.to_owned()))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("").to_owned();
+    if status.split(' ').nth(1) == Some("200") {
+        Ok(body.to_owned())
+    } else {
+        Err(ProbeError::Status {
+            url: url.to_owned(),
+            status,
+        })
+    }
+}
+
+/// Most bytes `probe` reads of an answer (a /metrics page is a few hundred KiB at most).
+const MAX_PROBE_RESPONSE: u64 = 4 * 1024 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -402,7 +483,7 @@ mod tests {
             let flag = Arc::clone(&ready);
             let state = HttpState::new(recorder.handle(), move || {
                 if flag.load(Ordering::Relaxed) {
-                    Readiness::Ready
+                    Readiness::Ready(String::new())
                 } else {
                     Readiness::NotReady("no snapshot loaded yet".to_owned())
                 }
@@ -602,7 +683,7 @@ mod tests {
     #[test]
     fn respond_is_a_function_of_request_and_state() {
         let recorder = build_recorder().expect("recorder");
-        let state = HttpState::new(recorder.handle(), || Readiness::Ready);
+        let state = HttpState::new(recorder.handle(), || Readiness::Ready(String::new()));
         let r = respond(
             &Request {
                 method: Method::Get,

@@ -7,7 +7,7 @@
 //! and every label has a small, fixed set of values.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -680,9 +680,30 @@ pub fn refresh(now: SystemTime) {
     gauge!(SNAPSHOT_AGE_SECONDS).set(age_ms as f64 / 1000.0);
 }
 
+// The last `store_up` report, for `/readyz`: 0 none yet, 1 up, 2 down.
+static STORE_STATE: AtomicU8 = AtomicU8::new(0);
+
 /// Sets whether `store` (`redis` or `local`) answers.
 pub fn store_up(store: &'static str, up: bool) {
     gauge!(STORE_UP, "store" => store).set(if up { 1.0 } else { 0.0 });
+    STORE_STATE.store(if up { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether the store answered at its last contact; `None` before the first.
+pub fn store_is_up() -> Option<bool> {
+    match STORE_STATE.load(Ordering::Relaxed) {
+        1 => Some(true),
+        2 => Some(false),
+        _ => None,
+    }
+}
+
+/// Time since the snapshot was last known to match the store; `None` when it never was.
+pub fn snapshot_age(now: SystemTime) -> Option<Duration> {
+    match FRESH_MS.load(Ordering::Relaxed) {
+        0 => None,
+        fresh => Some(Duration::from_millis(unix_ms(now).saturating_sub(fresh))),
+    }
 }
 
 /// Counts a failed store operation.

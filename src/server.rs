@@ -203,10 +203,24 @@ pub async fn serve_with_reload(
     let metrics_task = metrics_listener.map(|(listener, _)| {
         let ready_snapshot = snapshot.clone();
         let state = HttpState::new(metrics_handle, move || {
+            let store = match crate::metrics::store_is_up() {
+                Some(true) => "up",
+                Some(false) => "down (deciding from the last snapshot)",
+                None => "not contacted yet",
+            };
             if ready_snapshot.is_ready() {
-                Readiness::Ready
+                let age = crate::metrics::snapshot_age(std::time::SystemTime::now())
+                    .map_or_else(|| "unknown".to_owned(), |a| format!("{}s", a.as_secs()));
+                let snapshot = ready_snapshot.load();
+                Readiness::Ready(format!(
+                    "snapshot: version {}, {} block and {} allow rules, confirmed {age} ago\n\
+                     store: {store}\n",
+                    snapshot.version(),
+                    snapshot.len(crate::rules::ListKind::Block),
+                    snapshot.len(crate::rules::ListKind::Allow),
+                ))
             } else {
-                Readiness::NotReady("no snapshot loaded yet".into())
+                Readiness::NotReady(format!("no snapshot loaded yet; store: {store}"))
             }
         });
         tokio::spawn(crate::http::serve(

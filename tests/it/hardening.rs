@@ -419,3 +419,44 @@ fn check_config_reports_ok_or_the_first_error() {
         assert!(stderr.contains(key), "{text}: {stderr}");
     }
 }
+
+fn probe(url: &str) -> std::process::Output {
+    Command::new(bin())
+        .args(["probe", url, "--timeout", "2s"])
+        .output()
+        .expect("run callguard probe")
+}
+
+#[test]
+fn readyz_reports_the_snapshot_and_store_state_and_probe_checks_it() {
+    let mut redis = Redis::start();
+    redis.cmd(&["SET", &format!("callguard:block:{BLOCKED}"), "spam"]);
+    let server = Server::start(&redis.url(), &[]);
+    let metrics = server.metrics.expect("metrics listener");
+    let ready = probe(&format!("http://{metrics}/readyz"));
+    let body = String::from_utf8_lossy(&ready.stdout);
+    assert!(ready.status.success(), "{body}");
+    assert!(body.starts_with("ready\n"), "{body}");
+    assert!(body.contains("1 block and 0 allow rules"), "{body}");
+    assert!(body.contains("store: up"), "{body}");
+
+    // Redis going away does not make the node unready: calls are still decided from the
+    // snapshot. /readyz says so.
+    redis.kill();
+    let down = within(Duration::from_secs(15), || {
+        String::from_utf8_lossy(&probe(&format!("http://{metrics}/readyz")).stdout)
+            .contains("store: down")
+    });
+    assert!(down.is_some(), "readyz never reported the store down");
+    assert_eq!(agi_call(server.agi, BLOCKED).verdict(), "block");
+    assert!(probe(&format!("http://{metrics}/healthz")).status.success());
+
+    let missing = probe(&format!("http://{metrics}/nope"));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("404"));
+    let closed = probe(&format!("http://127.0.0.1:{}/healthz", free_port()));
+    assert_eq!(closed.status.code(), Some(1));
+    let bad = probe("ftp://x:21/");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not an http://"));
+}
