@@ -297,20 +297,32 @@ impl Conn {
 fn remember_caller(context: &AgiContext, env: &AgiEnv, call: &CallEvent, decision: &Decision) {
     let now = SystemTime::now();
     let tenant = decision.tenant.as_ref();
-    if let Some(called) = &call.called {
-        let did = context.engine.normalizer().normalize(called);
-        if matches!(did, CallerNumber::E164(_) | CallerNumber::Local(_)) {
-            let key = did.to_string();
-            let key = key.strip_prefix("local:").unwrap_or(&key);
-            context
-                .last_callers
-                .record(tenant, key, &decision.number, now);
-        }
+    if let Some(key) = call
+        .called
+        .as_deref()
+        .and_then(|called| did_key(context.engine.normalizer(), called))
+    {
+        context
+            .last_callers
+            .record(tenant, &key, &decision.number, now);
     }
     if let Some(ext) = request_param(env, "ext") {
         context
             .last_callers
             .record(tenant, ext, &decision.number, now);
+    }
+}
+
+/// The key a called number (DID) is remembered under: its canonical form, so `*32<DID>`
+/// finds it whatever format the DID is dialled in. `None` for what is not a number.
+fn did_key(normalizer: &crate::number::Normalizer, did: &str) -> Option<String> {
+    match normalizer.normalize(did) {
+        n @ CallerNumber::E164(_) => Some(n.to_string()),
+        n @ CallerNumber::Local(_) => {
+            let key = n.to_string();
+            Some(key.strip_prefix("local:").unwrap_or(&key).to_owned())
+        }
+        _ => None,
     }
 }
 
@@ -321,7 +333,14 @@ async fn block_last(context: &AgiContext, env: &AgiEnv, call: &CallEvent) -> Str
     let ext = request_param(env, "ext").unwrap_or(call.caller_id.as_str());
     let tenant = call.tenant.as_deref().and_then(|t| Tenant::new(t).ok());
     let now = SystemTime::now();
-    let Some(number) = context.last_callers.last(tenant.as_ref(), ext, now) else {
+    let number = context
+        .last_callers
+        .last(tenant.as_ref(), ext, now)
+        .or_else(|| {
+            let key = did_key(context.engine.normalizer(), ext)?;
+            context.last_callers.last(tenant.as_ref(), &key, now)
+        });
+    let Some(number) = number else {
         info!(ext, "block-last: no recent caller to block");
         return String::new();
     };

@@ -92,7 +92,7 @@ fn api_reply(body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn new_uuid() -> String {
+pub(crate) fn new_uuid() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!(
         "253ab832-04f8-4b63-a362-{:012x}",
@@ -157,14 +157,14 @@ impl Shared {
 
 /// A fake FreeSWITCH Event Socket on 127.0.0.1: answers as 1.10.12 did in the captures, one
 /// connection at a time (callguard keeps one).
-struct FakeFs {
+pub(crate) struct FakeFs {
     port: u16,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FakeFs {
-    fn start(password: &str) -> FakeFs {
+    pub(crate) fn start(password: &str) -> FakeFs {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake FreeSWITCH");
         let port = listener.local_addr().expect("local addr").port();
         let shared = Arc::new(Shared {
@@ -188,7 +188,13 @@ impl FakeFs {
     }
 
     /// Parks a call: the channel exists, and its CHANNEL_PARK event goes out.
-    fn park(&self, uuid: &str, caller_id: &str, destination: &str, extra: &[(&str, &str)]) {
+    pub(crate) fn park(
+        &self,
+        uuid: &str,
+        caller_id: &str,
+        destination: &str,
+        extra: &[(&str, &str)],
+    ) {
         let mut st = self.state();
         st.channels.insert(uuid.to_owned());
         st.outbox
@@ -255,7 +261,7 @@ impl FakeFs {
     }
 
     /// Waits until `n` connections have subscribed and the last one is live.
-    fn wait_subscribed(&self, n: usize) {
+    pub(crate) fn wait_subscribed(&self, n: usize) {
         let ok = within(WAIT, || {
             let st = self.state();
             let subscribed = st
@@ -273,7 +279,7 @@ impl FakeFs {
     }
 
     /// Every `api` command line about one channel, over all connections, in order.
-    fn api_for(&self, uuid: &str) -> Vec<String> {
+    pub(crate) fn api_for(&self, uuid: &str) -> Vec<String> {
         self.state()
             .conns
             .iter()
@@ -285,7 +291,7 @@ impl FakeFs {
 
     /// Waits for callguard's final command on a call (`uuid_kill` or `uuid_transfer`) and
     /// returns all its commands for it.
-    fn acted_on(&self, uuid: &str) -> Vec<String> {
+    pub(crate) fn acted_on(&self, uuid: &str) -> Vec<String> {
         let done = within(WAIT, || self.api_for(uuid).iter().any(|c| is_action(c)));
         assert!(
             done.is_some(),
@@ -523,7 +529,11 @@ fn respond(shared: &Shared, idx: usize, text: &str, authed: &mut bool) -> (Vec<V
 }
 
 /// A store with `rules`, and `callguard serve` connecting to `fs` with `env` added.
-fn start(fs: &FakeFs, rules: &[&[&str]], env: &[(&str, &str)]) -> (tempfile::TempDir, Server) {
+pub(crate) fn start(
+    fs: &FakeFs,
+    rules: &[&[&str]],
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Server) {
     let (dir, path) = temp_store();
     let store = path.to_str().expect("utf8 path");
     for rule in rules {

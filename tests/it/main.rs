@@ -4,6 +4,7 @@
 mod agi;
 mod calllog;
 mod cli;
+mod dialplan;
 mod esl;
 mod esl_inbound;
 mod flood;

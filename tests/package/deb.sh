@@ -36,6 +36,7 @@ unit=/lib/systemd/system/callguard.service
 for f in /usr/bin/callguard /etc/callguard/callguard.toml "$unit" \
     /usr/share/callguard/dialplan/asterisk/extensions_callguard.conf \
     /usr/share/callguard/dialplan/freeswitch/callguard_outbound.xml \
+    /usr/share/callguard/dialplan/freepbx/extensions_custom.conf \
     /usr/share/callguard/grafana/callguard.json /usr/share/callguard/prometheus/alerts.yml \
     /usr/share/doc/callguard/copyright; do
     [ -e "$f" ] || fail "$f not installed"
