@@ -67,6 +67,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Show the call log (blocked and tagged calls; every call with call_log.all_calls).
     Log(LogArgs),
+    /// Add every number or rule in a file (CSV, one per line, `export` output, an Asterisk
+    /// AstDB `database show blacklist` dump, a FreePBX blacklist CSV): all or nothing unless
+    /// --partial; every rejected line is reported with its number and why.
+    Import(ImportArgs),
+    /// Write the lists (live rules) as CSV or JSON, in the form `import` reads back.
+    Export(ExportArgs),
     /// Play Asterisk (--agi) or FreeSWITCH (--esl) against a running server: new connection
     /// per call, mixed caller-ID formats, a share of numbers it blocked itself; checks every
     /// verdict. `loadgen baseline` runs the bare servers callguard is compared with.
@@ -83,6 +89,70 @@ pub enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+}
+
+/// `import` arguments.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The file (`-` for standard input).
+    pub file: PathBuf,
+    /// Its format (`auto` tells JSON, AstDB dumps and CSV apart).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: crate::listfile::Format,
+    /// List of rows that name none.
+    #[arg(long, default_value = "block", value_parser = parse_list)]
+    pub list: ListKind,
+    /// Tenant of rows that name none (default: the global list).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// Reason of rows without one.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Action of block rows without one (default: rules.default_action).
+    #[arg(long, value_name = "ACTION")]
+    pub action: Option<String>,
+    /// Expire imported rows without their own expiry after this long.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub ttl: Option<Duration>,
+    /// Import the valid rows even when some are rejected.
+    #[arg(long)]
+    pub partial: bool,
+    /// Check the file and report, without writing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `export` arguments.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// `csv` (with a header row) or `json`.
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: ExportFormat,
+    /// Only this list.
+    #[arg(long, value_parser = parse_list)]
+    pub list: Option<ListKind>,
+    /// Only this tenant's rules (`global` for the global list).
+    #[arg(long, value_name = "TENANT")]
+    pub tenant: Option<String>,
+    /// Write here instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// CSV with a header row.
+    Csv,
+    /// A JSON array (the shape of `list --json`).
+    Json,
+}
+
+fn parse_list(text: &str) -> Result<ListKind, String> {
+    ListKind::ALL
+        .into_iter()
+        .find(|l| l.as_str().eq_ignore_ascii_case(text.trim()))
+        .ok_or_else(|| format!("{text:?} is neither block nor allow"))
 }
 
 /// `edit-latency` arguments.
@@ -386,6 +456,8 @@ pub async fn run(
             }
         }
         Command::Check(args) => check(&config, args, &mut out).await?,
+        Command::Import(args) => return import(&config, args, &mut out).await,
+        Command::Export(args) => export(&config, args, &mut out).await?,
         Command::Log(args) => show_log(&config, args, &mut out).await?,
         Command::Loadgen(args) => return loadgen(&config, args, &mut out).await,
         Command::Probe { url, timeout } => match crate::http::probe(&url, timeout).await {
@@ -405,6 +477,122 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `callguard import`: read, report, then write all (or, with --partial, the valid rows) in
+/// one store operation.
+async fn import(
+    config: &Config,
+    args: ImportArgs,
+    out: &mut impl Write,
+) -> Result<ExitCode, CliError> {
+    use crate::listfile::{self, ImportDefaults};
+    let name = args.file.display().to_string();
+    let bytes = if name == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf)?;
+        buf
+    } else {
+        std::fs::read(&args.file).map_err(|e| CliError::Usage(format!("{name}: {e}")))?
+    };
+    // Spreadsheet exports are not always UTF-8: a bad byte costs a reason's letter, not the row.
+    let text = String::from_utf8_lossy(&bytes);
+    let now = SystemTime::now();
+    let defaults = ImportDefaults {
+        list: args.list,
+        tenant: args.tenant.as_deref().map(parse_tenant).transpose()?,
+        reason: args.reason.clone(),
+        action: args.action.clone(),
+        expires_at: args.ttl.map(|ttl| now + ttl),
+        added_by: Some(current_actor()),
+        added_at: now,
+    };
+    let read = listfile::read(&text, args.format, &defaults, &config.normalizer()?);
+    let mut err = std::io::stderr().lock();
+    for r in &read.rejected {
+        writeln!(err, "{name}:{}: rejected {:?}: {}", r.line, r.text, r.why)?;
+    }
+    for d in &read.duplicates {
+        writeln!(
+            err,
+            "{name}:{}: duplicate of line {} ({}), skipped",
+            d.line, d.first_line, d.rule
+        )?;
+    }
+    let valid = read.entries.len();
+    writeln!(
+        out,
+        "{name}: {} rules, {} duplicates skipped, {} lines rejected",
+        valid,
+        read.duplicates.len(),
+        read.rejected.len()
+    )?;
+    if !read.rejected.is_empty() && !args.partial {
+        writeln!(
+            out,
+            "nothing imported: fix the rejected lines, or import the {valid} valid rules with --partial"
+        )?;
+        return Ok(ExitCode::FAILURE);
+    }
+    if args.dry_run {
+        writeln!(out, "dry run: nothing written")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let entries: Vec<Entry> = read.entries.into_iter().map(|(_, e)| e).collect();
+    open_store(config).await?.put_all(&entries).await?;
+    let mut by_list = [0usize; 2];
+    for e in &entries {
+        by_list[e.list as usize] += 1;
+    }
+    writeln!(
+        out,
+        "imported {valid} rules ({} block, {} allow)",
+        by_list[ListKind::Block as usize],
+        by_list[ListKind::Allow as usize]
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `callguard export`: the live rules, sorted, as CSV or JSON.
+async fn export(config: &Config, args: ExportArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let only: Option<Option<Tenant>> = match args.tenant.as_deref() {
+        None => None,
+        Some("global") => Some(None),
+        Some(name) => Some(Some(parse_tenant(name)?)),
+    };
+    let now = SystemTime::now();
+    let mut entries: Vec<Entry> = open_store(config)
+        .await?
+        .load()
+        .await?
+        .into_iter()
+        .filter(|e| e.expires_at.is_none_or(|at| at > now))
+        .filter(|e| args.list.is_none_or(|l| e.list == l))
+        .filter(|e| only.as_ref().is_none_or(|t| e.tenant == *t))
+        .collect();
+    entries.sort_by_cached_key(|e| {
+        (
+            e.list as u8,
+            e.tenant.as_ref().map(ToString::to_string),
+            e.pattern.to_string(),
+        )
+    });
+    let mut file;
+    let sink: &mut dyn Write = match &args.output {
+        Some(path) => {
+            file = std::fs::File::create(path)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            &mut file
+        }
+        None => out,
+    };
+    let mut sink = std::io::BufWriter::new(sink);
+    match args.format {
+        ExportFormat::Csv => crate::listfile::write_csv(&entries, &mut sink)?,
+        ExportFormat::Json => crate::listfile::write_json(&entries, &mut sink)?,
+    }
+    sink.flush()?;
+    Ok(())
 }
 
 async fn open_store(config: &Config) -> Result<Store, CliError> {

@@ -32,6 +32,7 @@ pub mod flood;
 pub mod http;
 pub mod lastcall;
 pub mod listener;
+pub mod listfile;
 pub mod loadgen;
 pub mod metrics;
 pub mod number;

@@ -18,6 +18,7 @@
 //! in the same directory, fsync it and rename it over the original, so a reader (the running
 //! server) sees either the old or the new file, never half of one.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -171,9 +172,42 @@ impl LocalStore {
         let entries = entries.to_vec();
         run_blocking(move || {
             this.modify(|file, normalizer| {
-                for entry in &entries {
+                // One pass over each list however many entries come (an import can bring
+                // hundreds of thousands): drop every record that means one of them.
+                for list in ListKind::ALL {
+                    let replaced: HashSet<(Option<Tenant>, String)> = entries
+                        .iter()
+                        .filter(|e| e.list == list)
+                        .map(|e| (e.tenant.clone(), e.pattern.to_string()))
+                        .collect();
+                    if replaced.is_empty() {
+                        continue;
+                    }
+                    file.list_mut(list).retain(|r| {
+                        let tenant = match r.tenant.as_deref().map(Tenant::new) {
+                            None => None,
+                            Some(Ok(t)) => Some(t),
+                            // Not a tenant name: it can mean none of the entries.
+                            Some(Err(_)) => return true,
+                        };
+                        let Ok(pattern) = RulePattern::parse(&r.number, normalizer) else {
+                            return true;
+                        };
+                        !replaced.contains(&(tenant, pattern.to_string()))
+                    });
+                }
+                // Two spellings of one rule in the same call: the last one wins, as before.
+                let mut last = HashMap::new();
+                for (i, e) in entries.iter().enumerate() {
+                    last.insert((e.list, e.tenant.clone(), e.pattern.to_string()), i);
+                }
+                for (i, entry) in entries.iter().enumerate() {
+                    if last.get(&(entry.list, entry.tenant.clone(), entry.pattern.to_string()))
+                        != Some(&i)
+                    {
+                        continue;
+                    }
                     let records = file.list_mut(entry.list);
-                    records.retain(|r| !r.means(normalizer, entry.tenant.as_ref(), &entry.pattern));
                     let meta = EntryMeta::of(entry);
                     records.push(FileRecord {
                         tenant: entry.tenant.as_ref().map(ToString::to_string),

@@ -104,6 +104,15 @@ impl Store {
         }
     }
 
+    /// Adds or replaces many entries at once, all or none (`callguard import`): one file
+    /// rewrite for the embedded store, one transaction for Redis.
+    pub async fn put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        match self {
+            Store::Redis(s) => s.put_all(entries).await,
+            Store::Local(s) => s.put(entries).await,
+        }
+    }
+
     /// Removes every spelling of each rule from `tenant`'s `list` (`None` = global); returns
     /// how many of the rules were present.
     pub async fn remove(

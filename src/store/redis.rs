@@ -204,6 +204,107 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Adds or replaces many entries in one MULTI/EXEC transaction: all are written or none.
+    /// Other spellings of the same rules are found in one pass (one SCAN of the keyspace while
+    /// it is small, else the alias sets, pipelined), not one search per entry.
+    pub async fn put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        let canonical: Vec<String> = entries
+            .iter()
+            .map(|e| self.key(e.tenant.as_ref(), e.list, &e.pattern.to_string()))
+            .collect();
+        let stale = self.stale_spellings(&canonical).await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (entry, key) in entries.iter().zip(&canonical) {
+            let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
+                StoreError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cannot encode entry",
+                    e.to_string(),
+                )))
+            })?;
+            for old in stale.get(key).into_iter().flatten() {
+                pipe.del(old).ignore();
+                pipe.publish(self.changes_channel(), old).ignore();
+            }
+            pipe.del(self.alias_key(key)).ignore();
+            match entry.expires_at {
+                Some(at) => {
+                    let ms = at
+                        .duration_since(now)
+                        .unwrap_or_default()
+                        .as_millis()
+                        .max(1);
+                    pipe.pset_ex(key, &value, u64::try_from(ms).unwrap_or(u64::MAX))
+                        .ignore();
+                }
+                None => {
+                    pipe.set(key, &value).ignore();
+                }
+            }
+            pipe.publish(self.changes_channel(), key).ignore();
+        }
+        // A transaction of a hundred thousand writes takes Redis a while: its own connection,
+        // with a budget that grows with it (the shared one would time out and report a failure
+        // for a transaction Redis then applies).
+        let budget = self.op_timeout + Duration::from_millis(entries.len() as u64 / 10);
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.op_timeout))
+            .set_response_timeout(Some(budget));
+        let mut conn = self
+            .run(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await?;
+        match timeout(budget, pipe.query_async::<()>(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_elapsed) => Err(StoreError::Timeout(budget)),
+        }
+    }
+
+    /// For each canonical key, the other keys of the same rule that exist now.
+    async fn stale_spellings(
+        &self,
+        canonical: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let wanted: std::collections::HashSet<&str> =
+            canonical.iter().map(String::as_str).collect();
+        let mut conn = self.conn.clone();
+        let dbsize: u64 = self
+            .run(redis::cmd("DBSIZE").query_async(&mut conn))
+            .await?;
+        let mut candidates: Vec<String> = Vec::new();
+        if dbsize <= self.spelling_scan_max_keys {
+            candidates = self
+                .scan(&format!("{}:*", glob_escape(&self.prefix)))
+                .await?;
+        } else {
+            for batch in canonical.chunks(BATCH) {
+                let mut pipe = redis::pipe();
+                for key in batch {
+                    pipe.smembers(self.alias_key(key));
+                }
+                let members: Vec<Vec<String>> = self.run(pipe.query_async(&mut conn)).await?;
+                candidates.extend(members.into_iter().flatten());
+            }
+        }
+        let mut stale: HashMap<String, Vec<String>> = HashMap::new();
+        for key in candidates {
+            if let Some((_, rule_key)) = self.rule_of_key(&key)
+                && rule_key != key
+                && wanted.contains(rule_key.as_str())
+            {
+                stale.entry(rule_key).or_default().push(key);
+            }
+        }
+        Ok(stale)
+    }
+
     /// Removes every spelling of each rule from `tenant`'s `list`; returns how many were present.
     pub async fn remove(
         &self,

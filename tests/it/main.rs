@@ -9,6 +9,7 @@ mod esl;
 mod esl_inbound;
 mod flood;
 mod hardening;
+mod listfile;
 mod loadgen;
 mod metrics;
 mod redis_store;
