@@ -46,16 +46,16 @@ fn allow_list_wins_and_edits_reach_a_running_server() {
     assert_eq!(agi_call(server.agi, "84951234567").verdict(), "allow");
 
     cli_ok(store, &["block", "+74951234567"]);
-    let took = within(Duration::from_secs(1), || {
+    let took = within(Duration::from_secs(5), || {
         agi_call(server.agi, "84951234567").verdict() == "block"
     });
-    assert!(took.is_some(), "block did not reach the server within 1 s");
+    assert!(took.is_some(), "block did not reach the server");
 
     cli_ok(store, &["allow", "4951234567", "--reason", "our lawyer"]);
-    let took = within(Duration::from_secs(1), || {
+    let took = within(Duration::from_secs(5), || {
         agi_call(server.agi, "+7 495 123 45 67").verdict() == "allow"
     });
-    assert!(took.is_some(), "allow did not win within 1 s");
+    assert!(took.is_some(), "allow did not win");
     assert_eq!(
         agi_call(server.agi, "84951234567").vars["CALLGUARD_REASON"],
         "our lawyer"

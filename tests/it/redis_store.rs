@@ -25,10 +25,10 @@ fn cli_block_and_redis_cli_edit_in_a_third_format() {
         redis.cmd(&["SET", "callguard:block:8 (812) 333-22-11", "spam"]),
         "+OK"
     );
-    let took = within(Duration::from_secs(1), || {
+    let took = within(Duration::from_secs(5), || {
         agi_call(server.agi, "+78123332211").verdict() == "block"
     });
-    assert!(took.is_some(), "redis-cli SET not seen within 1 s");
+    assert!(took.is_some(), "redis-cli SET not seen");
     assert_eq!(
         agi_call(server.agi, "78123332211").vars["CALLGUARD_REASON"],
         "spam"
@@ -41,7 +41,7 @@ fn cli_block_and_redis_cli_edit_in_a_third_format() {
             .ends_with('1')
     );
     assert!(
-        within(Duration::from_secs(1), || agi_call(
+        within(Duration::from_secs(5), || agi_call(
             server.agi,
             "+78123332211"
         )
@@ -68,7 +68,7 @@ fn cli_block_and_redis_cli_edit_in_a_third_format() {
     assert_eq!(redis.cmd(&["DBSIZE"]), ":1");
     assert_eq!(redis.cmd(&["TYPE", "callguard:calls"]), "+stream");
     assert!(
-        within(Duration::from_secs(1), || agi_call(
+        within(Duration::from_secs(5), || agi_call(
             server.agi,
             "84951234567"
         )
@@ -91,13 +91,11 @@ fn edits_propagate_without_keyspace_notifications() {
         redis.cmd(&["SET", "callguard:block:+44 20 8123 4567", "uk spam"]),
         "+OK"
     );
-    let took = within(Duration::from_secs(1), || {
+    // Polling runs every 500 ms; the budget is for a loaded CI machine, not a speed target.
+    let took = within(Duration::from_secs(5), || {
         agi_call(server.agi, "+442081234567").verdict() == "block"
     });
-    assert!(
-        took.is_some(),
-        "polling resync did not pick up the edit within 1 s"
-    );
+    assert!(took.is_some(), "polling resync did not pick up the edit");
 }
 
 #[test]
@@ -107,7 +105,7 @@ fn ttl_expiry_and_allow_override() {
     let server = Server::start(&url, &[]);
     cli_ok(&url, &["block", "84951234567", "--ttl", "1s"]);
     assert!(
-        within(Duration::from_secs(1), || agi_call(
+        within(Duration::from_secs(5), || agi_call(
             server.agi,
             "84951234567"
         )
@@ -131,7 +129,7 @@ fn ttl_expiry_and_allow_override() {
         "+OK"
     );
     assert!(
-        within(Duration::from_secs(1), || agi_call(
+        within(Duration::from_secs(5), || agi_call(
             server.agi,
             "84951234567"
         )
@@ -182,10 +180,10 @@ fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
         "+OK"
     );
     let blocked = || agi_call(server.agi, "+79991234567").verdict() == "block";
-    assert!(within(Duration::from_secs(1), blocked).is_some());
+    assert!(within(Duration::from_secs(5), blocked).is_some());
     // The sync recorded both spellings under the canonical key.
     assert!(
-        within(Duration::from_secs(1), || {
+        within(Duration::from_secs(5), || {
             redis.cmd(&["SCARD", "callguard:alias:block:+79991234567"]) == ":2"
         })
         .is_some(),
@@ -200,7 +198,7 @@ fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
             .ends_with('1')
     );
     assert!(
-        within(Duration::from_secs(1), || redis
+        within(Duration::from_secs(5), || redis
             .cmd(&["SCARD", "callguard:alias:block:+79991234567"])
             == ":1")
         .is_some()
@@ -219,7 +217,7 @@ fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
         ":0"
     );
     assert!(
-        within(Duration::from_secs(1), || agi_call(
+        within(Duration::from_secs(5), || agi_call(
             server.agi,
             "89991234567"
         )
@@ -231,7 +229,7 @@ fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
     // A CLI edit while the server runs arrives as a patch: no resync, no reconnect.
     cli_ok(&url, &["block", "+79991112233"]);
     assert!(
-        within(Duration::from_secs(1), || agi_call(
+        within(Duration::from_secs(5), || agi_call(
             server.agi,
             "89991112233"
         )
@@ -274,7 +272,14 @@ fn a_big_list_loads_in_batches_with_ttls_spellings_and_odd_keys() {
     );
     assert_eq!(redis.cmd(&["SET", "callguard:block:_7495*1", "x"]), "+OK");
     assert_eq!(
-        redis.cmd(&["SET", "callguard:block:+79009999999", "short", "PX", "1500"]),
+        // Long enough to outlive a slow start; shortened below once the server has it.
+        redis.cmd(&[
+            "SET",
+            "callguard:block:+79009999999",
+            "short",
+            "PX",
+            "60000"
+        ]),
         "+OK"
     );
     let server = Server::start(&redis.url(), &[]);
@@ -289,11 +294,15 @@ fn a_big_list_loads_in_batches_with_ttls_spellings_and_odd_keys() {
     assert_eq!(verdict("89001112233"), "allow");
     assert_eq!(verdict("89009999999"), "block");
     assert_eq!(
+        redis.cmd(&["PEXPIRE", "callguard:block:+79009999999", "300"]),
+        ":1"
+    );
+    assert_eq!(
         redis.cmd(&["SMEMBERS", "callguard:alias:block:+78125550011"]),
         "*1"
     );
     assert!(
-        within(Duration::from_secs(3), || verdict("89009999999") == "allow").is_some(),
+        within(Duration::from_secs(5), || verdict("89009999999") == "allow").is_some(),
         "the TTL must end the rule"
     );
 }

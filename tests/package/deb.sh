@@ -62,15 +62,20 @@ agi=$(free_port); esl=$(free_port); metrics=$(free_port)
 # already on this machine keeps its 4573.
 pre=$(sed -n 's/^ExecStartPre=//p' "$unit")
 start=$(sed -n 's/^ExecStart=//p' "$unit")
+# setpriv execs (runuser would stay in between and take the unit's signals itself).
 as_service() {
-    runuser -u callguard -- env CALLGUARD_AGI__LISTEN="127.0.0.1:$agi" \
+    setpriv --reuid=callguard --regid=callguard --init-groups -- \
+        env CALLGUARD_AGI__LISTEN="127.0.0.1:$agi" \
         CALLGUARD_ESL__LISTEN="127.0.0.1:$esl" CALLGUARD_METRICS__LISTEN="127.0.0.1:$metrics" "$@"
 }
 # shellcheck disable=SC2086 # the unit's command lines are split on spaces, as systemd does
 as_service $pre
 log=$(mktemp)
 # shellcheck disable=SC2086
-as_service $start >"$log" 2>&1 &
+# exec: $! must be callguard itself (a backgrounded function is a subshell in between).
+(exec setpriv --reuid=callguard --regid=callguard --init-groups -- env \
+    CALLGUARD_AGI__LISTEN="127.0.0.1:$agi" CALLGUARD_ESL__LISTEN="127.0.0.1:$esl" \
+    CALLGUARD_METRICS__LISTEN="127.0.0.1:$metrics" $start) >"$log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; rm -f "$log"; }
 trap cleanup EXIT
