@@ -166,38 +166,9 @@ impl RedisStore {
                 .into_iter()
                 .filter(|k| *k != canonical)
                 .collect();
-            let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
-                StoreError::Redis(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "cannot encode entry",
-                    e.to_string(),
-                )))
-            })?;
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for key in &stale {
-                pipe.del(key).ignore();
-            }
-            // Every other spelling is gone now.
-            pipe.del(self.alias_key(&canonical)).ignore();
-            match entry.expires_at {
-                Some(at) => {
-                    // An expiry already in the past still writes a 1 ms key, so the effect is a delete.
-                    let ms = at
-                        .duration_since(now)
-                        .unwrap_or_default()
-                        .as_millis()
-                        .max(1);
-                    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-                    pipe.pset_ex(&canonical, &value, ms).ignore();
-                }
-                None => {
-                    pipe.set(&canonical, &value).ignore();
-                }
-            }
-            for key in stale.iter().chain(std::iter::once(&canonical)) {
-                pipe.publish(self.changes_channel(), key).ignore();
-            }
+            self.queue_write(&mut pipe, entry, &canonical, &stale, now)?;
             let mut conn = self.conn.clone();
             self.run(pipe.query_async::<()>(&mut conn)).await?;
         }
@@ -220,33 +191,8 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.atomic();
         for (entry, key) in entries.iter().zip(&canonical) {
-            let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
-                StoreError::Redis(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "cannot encode entry",
-                    e.to_string(),
-                )))
-            })?;
-            for old in stale.get(key).into_iter().flatten() {
-                pipe.del(old).ignore();
-                pipe.publish(self.changes_channel(), old).ignore();
-            }
-            pipe.del(self.alias_key(key)).ignore();
-            match entry.expires_at {
-                Some(at) => {
-                    let ms = at
-                        .duration_since(now)
-                        .unwrap_or_default()
-                        .as_millis()
-                        .max(1);
-                    pipe.pset_ex(key, &value, u64::try_from(ms).unwrap_or(u64::MAX))
-                        .ignore();
-                }
-                None => {
-                    pipe.set(key, &value).ignore();
-                }
-            }
-            pipe.publish(self.changes_channel(), key).ignore();
+            let old = stale.get(key).map_or(&[][..], Vec::as_slice);
+            self.queue_write(&mut pipe, entry, key, old, now)?;
         }
         // A transaction of a hundred thousand writes takes Redis a while: its own connection,
         // with a budget that grows with it (the shared one would time out and report a failure
@@ -265,6 +211,49 @@ impl RedisStore {
             Ok(result) => Ok(result?),
             Err(_elapsed) => Err(StoreError::Timeout(budget)),
         }
+    }
+
+    /// Queues the write of `entry` under its canonical key: the other spellings `stale` and
+    /// the alias set deleted, the value set with the entry's TTL, every key announced.
+    fn queue_write(
+        &self,
+        pipe: &mut redis::Pipeline,
+        entry: &Entry,
+        canonical: &str,
+        stale: &[String],
+        now: SystemTime,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
+            StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "cannot encode entry",
+                e.to_string(),
+            )))
+        })?;
+        for key in stale {
+            pipe.del(key).ignore();
+        }
+        // Every other spelling is gone now.
+        pipe.del(self.alias_key(canonical)).ignore();
+        match entry.expires_at {
+            Some(at) => {
+                // An expiry already in the past still writes a 1 ms key, so the effect is a delete.
+                let ms = at
+                    .duration_since(now)
+                    .unwrap_or_default()
+                    .as_millis()
+                    .max(1);
+                let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                pipe.pset_ex(canonical, &value, ms).ignore();
+            }
+            None => {
+                pipe.set(canonical, &value).ignore();
+            }
+        }
+        for key in stale.iter().map(String::as_str).chain([canonical]) {
+            pipe.publish(self.changes_channel(), key).ignore();
+        }
+        Ok(())
     }
 
     /// For each canonical key, the other keys of the same rule that exist now.
