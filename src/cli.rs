@@ -738,11 +738,19 @@ async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result
         did: did.as_ref(),
     };
     let matches = rules::explain(facts, &snapshot, now);
-    match matches.iter().find(|m| m.winner) {
+    let winner = matches.iter().find(|m| m.winner);
+    match winner {
         Some(m) => {
             line.push_str(&format!(" by {}", describe_match(m)));
+            // The action carried out, last on the line for scripts; marked when the rule has
+            // none of its own.
             if let Some(action) = &decision.action {
-                line.push_str(&format!(" action: {action}"));
+                let default = if m.entry.action.is_none() {
+                    " (rules.default_action)"
+                } else {
+                    ""
+                };
+                line.push_str(&format!(" action: {action}{default}"));
             }
         }
         None => line.push_str(" no matching rule"),
@@ -750,10 +758,18 @@ async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result
     writeln!(out, "{line}")?;
     if args.explain {
         for m in matches.iter().filter(|m| !m.winner) {
-            let why = if !m.applies {
-                "does not apply now (expired or outside its schedule)"
-            } else {
-                "lost: a more specific scope or rule decided"
+            let why = match winner {
+                _ if !m.applies => "does not apply now (expired or outside its schedule)",
+                Some(w) if w.level != m.level => {
+                    "lost: a rule in a narrower scope decided (tenant+did, tenant, global+did, global)"
+                }
+                Some(w) if w.entry.pattern.breadth() < m.entry.pattern.breadth() => {
+                    "lost: a more specific rule in the same scope decided"
+                }
+                Some(w) if w.entry.list == ListKind::Allow && m.entry.list == ListKind::Block => {
+                    "lost: as specific, and allow beats block"
+                }
+                _ => "lost: as specific, and the smaller canonical text decided",
             };
             writeln!(out, "  also matched: {} - {why}", describe_match(m))?;
         }

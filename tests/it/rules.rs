@@ -232,7 +232,7 @@ fn check_explain_shows_winner_and_every_other_match() {
         "{out}"
     );
     assert!(
-        lines[1].contains("+7495123XXXX") && lines[1].contains("lost"),
+        lines[1].contains("+7495123XXXX") && lines[1].contains("lost: a more specific rule"),
         "{out}"
     );
     assert!(lines[2].contains("+7495*"), "{out}");
@@ -253,6 +253,28 @@ fn check_explain_shows_winner_and_every_other_match() {
         "{out}"
     );
     assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(
+        out.lines()
+            .skip(1)
+            .all(|l| l.contains("lost: a rule in a narrower scope decided")),
+        "{out}"
+    );
+    // Equally specific: allow beats block, and the line says so.
+    cli_ok(store, &["block", "+74951234567"]);
+    let out = cli_ok(store, &["check", "84951234567", "--explain"]);
+    assert!(
+        out.contains("block exact +74951234567 [global] (no reason)")
+            && out.contains("lost: as specific, and allow beats block"),
+        "{out}"
+    );
+    let out = cli_ok(store, &["check", "84951239999"]);
+    assert!(out.trim_end().ends_with("action: hangup 1"), "{out}");
+    let out = cli_ok(store, &["check", "84950000000"]);
+    assert!(
+        out.trim_end()
+            .ends_with("action: hangup 21 (rules.default_action)"),
+        "{out}"
+    );
     let out = cli_ok(store, &["check", "+12125550100", "--explain"]);
     assert!(
         out.starts_with("allow +12125550100 no matching rule"),
