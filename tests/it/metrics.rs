@@ -463,3 +463,21 @@ fn running_server_exports_every_metric_the_dashboard_and_alerts_use() {
         assert!(digits < 5, "label value {value:?} looks like a number");
     }
 }
+
+#[test]
+fn every_exported_metric_is_in_the_reference() {
+    let doc = read("docs/metrics.md");
+    for name in metrics::ALL {
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "{name} is exported but not in docs/metrics.md"
+        );
+    }
+    for rule in alert_rules() {
+        assert!(
+            doc.contains(&format!("| `{}` |", rule.name)),
+            "alert {} is not in docs/metrics.md",
+            rule.name
+        );
+    }
+}
