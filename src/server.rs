@@ -170,7 +170,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), Se
         agi = %agi_local,
         esl = %esl_shown,
         metrics = %metrics_shown,
-        store = %config.store,
+        store = %crate::store::redacted(&config.store),
         "callguard listening"
     );
     // Its own token: /metrics and /readyz keep answering while calls drain.

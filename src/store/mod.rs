@@ -72,6 +72,26 @@ impl StoreLocation {
     }
 }
 
+/// `text` with the password of a store URL (`redis://user:pass@host/...`) replaced by `***`,
+/// for logs; paths and URLs without one come back unchanged.
+pub fn redacted(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return text.to_owned();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // `redis://secret@host`: the crate reads a lone userinfo as the password.
+        None if !userinfo.is_empty() => "***".to_owned(),
+        None => String::new(),
+    };
+    format!("{scheme}://{user}@{hosts}{tail}")
+}
+
 /// An open store.
 #[derive(Clone)]
 pub enum Store {
@@ -279,6 +299,21 @@ mod tests {
             StoreLocation::parse("/var/lib/callguard/lists.toml"),
             StoreLocation::Local("/var/lib/callguard/lists.toml".into())
         );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://cg:s3cr@t@10.0.0.1:6380/2"),
+            "redis://cg:***@10.0.0.1:6380/2"
+        );
+        assert_eq!(
+            redacted("redis://:pw@h/0?protocol=resp3"),
+            "redis://:***@h/0?protocol=resp3"
+        );
+        assert_eq!(redacted("rediss://pw@h"), "rediss://***@h");
+        assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redacted("/var/lib/a@b.toml"), "/var/lib/a@b.toml");
     }
 
     #[test]

@@ -925,6 +925,20 @@ mod tests {
         assert_eq!(parse_value("{spam}").reason, "{spam}");
     }
 
+    #[tokio::test]
+    async fn identity_has_no_password() {
+        let store = RedisStore::connect(
+            "redis://cg:s3cret@127.0.0.1:1/3",
+            &RedisSettings::default(),
+            Normalizer::default(),
+        )
+        .await;
+        let identity = store.map(|s| s.identity()).unwrap_or_default();
+        assert!(identity.contains("127.0.0.1"), "{identity}");
+        assert!(identity.contains("db3"), "{identity}");
+        assert!(!identity.contains("s3cret"), "{identity}");
+    }
+
     #[test]
     fn glob_escaping() {
         assert_eq!(glob_escape("cg*[x]"), "cg\\*\\[x\\]");

@@ -9,6 +9,7 @@ mod esl_inbound;
 mod flood;
 mod loadgen;
 mod metrics;
+mod redis_ha;
 mod redis_store;
 mod rules;
 mod support;

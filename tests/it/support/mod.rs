@@ -32,12 +32,19 @@ pub struct Redis {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// Password [`Redis::cmd`] authenticates with (as `default`), when the server wants one.
+    pub password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
     /// Starts one and waits until it answers PING.
     pub fn start() -> Redis {
+        Redis::start_with(&[], None)
+    }
+
+    /// Starts one with extra `redis-server` arguments; `password` is its `requirepass`.
+    pub fn start_with(extra: &[&str], password: Option<&str>) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let child = Command::new("redis-server")
@@ -53,6 +60,8 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(dir.path())
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -60,6 +69,7 @@ impl Redis {
         let redis = Redis {
             child: Some(child),
             port,
+            password: password.map(str::to_owned),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -80,15 +90,27 @@ impl Redis {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return String::new();
         };
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        let mut req = String::new();
+        let mut commands = Vec::new();
+        if let Some(p) = &self.password {
+            commands.push(vec!["AUTH", p.as_str()]);
+        }
+        commands.push(args.to_vec());
+        for c in &commands {
+            req.push_str(&format!("*{}\r\n", c.len()));
+            for a in c {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
         }
         if s.write_all(req.as_bytes()).is_err() {
             return String::new();
         }
+        let mut reader = BufReader::new(s);
         let mut line = String::new();
-        let _read = BufReader::new(s).read_line(&mut line);
+        for _ in &commands {
+            line.clear();
+            let _read = reader.read_line(&mut line);
+        }
         line.trim_end().to_owned()
     }
 
