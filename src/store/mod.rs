@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod local;
 pub mod redis;
+pub mod redis_conn;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -32,6 +33,20 @@ pub enum StoreError {
     /// A Redis operation took longer than the configured budget.
     #[error("redis: no answer within {0:?}")]
     Timeout(Duration),
+    /// The store URL or its TLS settings cannot be used.
+    #[error("redis: {0}")]
+    BadUrl(String),
+    /// No sentinel named a reachable master of this name (or the cluster has none).
+    #[error("redis: no master for {0:?} reachable")]
+    NoMaster(String),
+    /// The master changed (a failover): the sync reconnects and reloads.
+    #[error("redis: the master moved ({from} -> {to}); reconnecting")]
+    Failover {
+        /// Masters before.
+        from: String,
+        /// Masters now.
+        to: String,
+    },
     /// The local list file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -54,7 +69,8 @@ pub enum StoreError {
 /// Where the lists are kept, parsed from `--store` / `store =`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
-    /// A Redis server URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`).
+    /// A Redis URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`, Sentinel
+    /// `redis+sentinel://`/`rediss+sentinel://`, Cluster `redis+cluster://`/`rediss+cluster://`).
     Redis(String),
     /// The embedded store: a TOML file a person can read and edit.
     Local(PathBuf),
@@ -63,7 +79,16 @@ pub enum StoreLocation {
 impl StoreLocation {
     /// A `redis`-scheme URL selects Redis; anything else is a path for the embedded store.
     pub fn parse(text: &str) -> StoreLocation {
-        const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        const REDIS_SCHEMES: [&str; 8] = [
+            "redis://",
+            "rediss://",
+            "redis+unix://",
+            "unix://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
         if REDIS_SCHEMES.iter().any(|s| text.starts_with(s)) {
             StoreLocation::Redis(text.to_owned())
         } else {

@@ -15,13 +15,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionManager;
-use redis::{Client, Value};
+use redis::{Cmd, Value};
 use tokio::time::timeout;
 
 use futures_util::StreamExt;
 use tracing::warn;
 
+use super::redis_conn::{Batch, Conn, RedisConn, Subscription};
 use super::{EntryMeta, StoreError, entry_from_parts};
 use crate::config::RedisSettings;
 use crate::number::{CallerNumber, Normalizer};
@@ -34,17 +34,18 @@ const LOAD_BATCH: usize = 5000;
 /// Keys from one SCAN step with their `fetch_raw` replies.
 type ScanBatch = (Vec<String>, Vec<redis::RedisResult<Value>>);
 
-/// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection).
+/// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection to
+/// the server, the Sentinel master or the Cluster).
 #[derive(Clone)]
 pub struct RedisStore {
-    client: Client,
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     normalizer: Normalizer,
     op_timeout: Duration,
     // Largest keyspace (DBSIZE) on which `put`/`remove` also SCAN for hand-typed spellings no
     // server has recorded yet; above it they trust the alias sets the servers keep.
     spelling_scan_max_keys: u64,
+    topology_check_interval: std::time::Duration,
 }
 
 impl RedisStore {
@@ -55,20 +56,13 @@ impl RedisStore {
         settings: &RedisSettings,
         normalizer: Normalizer,
     ) -> Result<RedisStore, StoreError> {
-        let client = Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout()))
-            .set_response_timeout(Some(settings.op_timeout()))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(RedisStore {
-            client,
-            conn,
+            conn: RedisConn::new(url, settings)?,
             prefix: settings.key_prefix.clone(),
             normalizer,
             op_timeout: settings.op_timeout(),
             spelling_scan_max_keys: settings.spelling_scan_max_keys,
+            topology_check_interval: settings.topology_check_interval(),
         })
     }
 
@@ -77,15 +71,61 @@ impl RedisStore {
         &self.normalizer
     }
 
-    /// Names this store (server, database, key prefix) for the snapshot file.
+    /// Names this store (server, database, key prefix) for the snapshot file; no credentials.
     pub fn identity(&self) -> String {
-        let info = self.client.get_connection_info();
-        format!("{:?} db{} {}", info.addr(), self.db(), self.prefix)
+        format!("{} db{} {}", self.conn.identity(), self.db(), self.prefix)
     }
 
     /// Database number selected by the URL (for keyspace channel names).
     pub fn db(&self) -> i64 {
-        self.client.get_connection_info().redis_settings().db()
+        self.conn.db()
+    }
+
+    /// A connection for commands (the server, the current master, or the cluster).
+    pub async fn command_conn(&self) -> Result<Conn, StoreError> {
+        self.conn.get().await
+    }
+
+    /// Sentinel or Cluster: the masters holding data now (a change is a failover).
+    pub fn is_replicated(&self) -> bool {
+        self.conn.is_replicated()
+    }
+
+    /// The masters holding data now, sorted.
+    pub async fn masters(&self) -> Result<Vec<String>, StoreError> {
+        let result = self.conn.masters().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
+    }
+
+    /// Sentinel: the next command asks the sentinels for the master again (a new sync session
+    /// starts with this, so it never reads from a demoted master).
+    pub fn refresh(&self) {
+        self.conn.failed();
+    }
+
+    /// How often the sync compares [`RedisStore::masters`] with the ones it subscribed to.
+    pub fn topology_check_interval(&self) -> std::time::Duration {
+        self.topology_check_interval
+    }
+
+    /// Subscribes to the changes channel and, when `keyspace`, to keyspace notifications on
+    /// every master.
+    pub async fn subscribe(&self, keyspace: bool) -> Result<Subscription, StoreError> {
+        let pattern = self.keyspace_pattern();
+        let result = self
+            .conn
+            .subscribe(
+                &self.changes_channel(),
+                keyspace.then_some(pattern.as_str()),
+            )
+            .await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
     }
 
     /// Key for `rule_text` on `tenant`'s (or the global) `list`.
@@ -135,19 +175,28 @@ impl RedisStore {
         channel.split_once("__:").map(|(_, key)| key)
     }
 
-    /// The client, for opening a pub/sub connection.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     async fn run<T>(
         &self,
         what: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match timeout(self.op_timeout, what).await {
-            Ok(result) => Ok(result?),
+        let result = match timeout(self.op_timeout, what).await {
+            Ok(result) => result.map_err(StoreError::from),
             Err(_elapsed) => Err(StoreError::Timeout(self.op_timeout)),
+        };
+        if result.is_err() {
+            // With Sentinel the master may have moved: the next command asks again.
+            self.conn.failed();
         }
+        result
+    }
+
+    /// The command connection; a failure to get one counts as a failed command.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let result = self.conn.get().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
     }
 
     /// Adds or replaces entries: every other spelling of the same number on the same list is
@@ -173,13 +222,13 @@ impl RedisStore {
                     e.to_string(),
                 )))
             })?;
-            let mut pipe = redis::pipe();
-            pipe.atomic();
+            let mut batch = Batch::new();
+            batch.atomic();
             for key in &stale {
-                pipe.del(key).ignore();
+                batch.add_ignored(Cmd::del(key));
             }
             // Every other spelling is gone now.
-            pipe.del(self.alias_key(&canonical)).ignore();
+            batch.add_ignored(Cmd::del(self.alias_key(&canonical)));
             match entry.expires_at {
                 Some(at) => {
                     // An expiry already in the past still writes a 1 ms key, so the effect is a delete.
@@ -189,17 +238,19 @@ impl RedisStore {
                         .as_millis()
                         .max(1);
                     let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-                    pipe.pset_ex(&canonical, &value, ms).ignore();
+                    batch.add_ignored(Cmd::pset_ex(&canonical, &value, ms));
                 }
                 None => {
-                    pipe.set(&canonical, &value).ignore();
+                    batch.add_ignored(Cmd::set(&canonical, &value));
                 }
             }
+            // Announced once written (a cluster sends each stage in turn).
+            batch.then();
             for key in stale.iter().chain(std::iter::once(&canonical)) {
-                pipe.publish(self.changes_channel(), key).ignore();
+                batch.add_ignored(Cmd::publish(self.changes_channel(), key));
             }
-            let mut conn = self.conn.clone();
-            self.run(pipe.query_async::<()>(&mut conn)).await?;
+            let mut conn = self.conn().await?;
+            self.run(batch.query::<()>(&mut conn)).await?;
         }
         Ok(())
     }
@@ -218,14 +269,15 @@ impl RedisStore {
             if !keys.contains(&canonical) {
                 keys.push(canonical.clone());
             }
-            let mut pipe = redis::pipe();
-            pipe.del(&keys);
-            pipe.del(self.alias_key(&canonical)).ignore();
+            let mut batch = Batch::new();
+            batch.add(Cmd::del(&keys));
+            batch.add_ignored(Cmd::del(self.alias_key(&canonical)));
+            batch.then();
             for key in &keys {
-                pipe.publish(self.changes_channel(), key).ignore();
+                batch.add_ignored(Cmd::publish(self.changes_channel(), key));
             }
-            let mut conn = self.conn.clone();
-            let (deleted,): (usize,) = self.run(pipe.query_async(&mut conn)).await?;
+            let mut conn = self.conn().await?;
+            let (deleted,): (usize,) = self.run(batch.query(&mut conn)).await?;
             if deleted > 0 {
                 removed += 1;
             }
@@ -244,15 +296,13 @@ impl RedisStore {
         pattern: &RulePattern,
     ) -> Result<Vec<String>, StoreError> {
         let canonical = self.key(tenant, list, &pattern.to_string());
-        let mut conn = self.conn.clone();
-        let (members, dbsize): (Vec<String>, u64) = self
-            .run(
-                redis::pipe()
-                    .smembers(self.alias_key(&canonical))
-                    .cmd("DBSIZE")
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut conn = self.conn().await?;
+        let mut batch = Batch::new();
+        // DBSIZE on a cluster is the sum over its masters.
+        batch
+            .add(Cmd::smembers(self.alias_key(&canonical)))
+            .add(redis::cmd("DBSIZE"));
+        let (members, dbsize): (Vec<String>, u64) = self.run(batch.query(&mut conn)).await?;
         let mut candidates = members;
         candidates.push(canonical);
         if dbsize <= self.spelling_scan_max_keys {
@@ -328,12 +378,12 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let canonicals: Vec<String> = rules.keys().cloned().collect();
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for c in &canonicals {
-            pipe.smembers(self.alias_key(c));
+            batch.add(Cmd::smembers(self.alias_key(c)));
         }
-        let mut conn = self.conn.clone();
-        let members: Vec<Vec<String>> = self.run(pipe.query_async(&mut conn)).await?;
+        let mut conn = self.conn().await?;
+        let members: Vec<Vec<String>> = self.run(batch.query(&mut conn)).await?;
         for (c, m) in canonicals.iter().zip(members) {
             if let Some(spot) = rules.get_mut(c) {
                 spot.1.extend(m);
@@ -353,19 +403,17 @@ impl RedisStore {
                 }
             }
         }
-        let mut aliases = redis::pipe();
-        let mut any_alias = false;
+        let mut aliases = Batch::new();
         let mut out = Vec::with_capacity(rules.len());
         for (canonical, (rule, keys)) in rules {
             let mut merged: Option<Entry> = None;
             for key in &keys {
                 let entry = found.remove(key);
                 if *key != canonical {
-                    any_alias = true;
                     let alias = self.alias_key(&canonical);
                     match entry {
-                        Some(_) => aliases.sadd(alias, key).ignore(),
-                        None => aliases.srem(alias, key).ignore(),
+                        Some(_) => aliases.add_ignored(Cmd::sadd(alias, key)),
+                        None => aliases.add_ignored(Cmd::srem(alias, key)),
                     };
                 }
                 if let Some(e) = entry
@@ -377,17 +425,38 @@ impl RedisStore {
             out.push((rule, merged));
         }
         // An empty pipeline is an error in the client, not a no-op.
-        if any_alias {
-            self.run(aliases.query_async::<()>(&mut conn)).await?;
+        if !aliases.is_empty() {
+            self.run(aliases.query::<()>(&mut conn)).await?;
         }
         Ok(out)
     }
 
-    /// Every key matching the glob `pattern` (SCAN, so the server is never blocked).
+    /// Every key matching the glob `pattern` (SCAN, so the server is never blocked; on each
+    /// master of a cluster).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
         let mut keys = Vec::new();
+        for conn in self.nodes().await? {
+            self.scan_node(conn, pattern, &mut keys).await?;
+        }
+        Ok(keys)
+    }
+
+    /// One connection per master (see [`RedisConn::nodes`]).
+    async fn nodes(&self) -> Result<Vec<Conn>, StoreError> {
+        let result = self.conn.nodes().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
+    }
+
+    async fn scan_node(
+        &self,
+        mut conn: Conn,
+        pattern: &str,
+        keys: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = self
                 .run(
@@ -402,7 +471,7 @@ impl RedisStore {
                 .await?;
             keys.extend(batch);
             if next == 0 {
-                return Ok(keys);
+                return Ok(());
             }
             cursor = next;
         }
@@ -429,13 +498,12 @@ impl RedisStore {
             rx.recv().await.map(|batch| (batch, rx))
         }));
         let mut cache = ValueCache::default();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut text = String::new();
         let result = async {
             while let Some(batch) = fetched.next().await {
                 let (keys, replies) = batch?;
-                let mut aliases = redis::pipe();
-                let mut any_alias = false;
+                let mut aliases = Batch::new();
                 for (key, entry) in self.decode(keys, &replies, &mut cache) {
                     let Some(entry) = entry else { continue };
                     // Most keys are canonical: check the rule text without building the key.
@@ -450,14 +518,13 @@ impl RedisStore {
                             &entry.pattern.to_string(),
                         );
                         if canonical != key {
-                            aliases.sadd(self.alias_key(&canonical), &key).ignore();
-                            any_alias = true;
+                            aliases.add_ignored(Cmd::sadd(self.alias_key(&canonical), &key));
                         }
                     }
                     each(&key, entry);
                 }
-                if any_alias {
-                    self.run(aliases.query_async::<()>(&mut conn)).await?;
+                if !aliases.is_empty() {
+                    self.run(aliases.query::<()>(&mut conn)).await?;
                 }
             }
             Ok(())
@@ -467,15 +534,36 @@ impl RedisStore {
         result
     }
 
-    /// Walks the keyspace for `load_each`, one SCAN step and its fetch per batch, into `tx`;
-    /// the receiver decodes one batch while this task fetches the next.
+    /// Walks the keyspace (of every master) for `load_each`, one SCAN step and its fetch per
+    /// batch, into `tx`; the receiver decodes one batch while this task fetches the next.
     async fn scan_batches(
         &self,
         tx: tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>,
         with_ttl: bool,
     ) {
+        let nodes = match self.nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                let _closed = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        for conn in nodes {
+            if !self.scan_node_batches(conn, &tx, with_ttl).await {
+                return;
+            }
+        }
+    }
+
+    /// One node's part of [`RedisStore::scan_batches`]; false when the walk must stop
+    /// (an error was sent, or the receiver is gone).
+    async fn scan_node_batches(
+        &self,
+        mut conn: Conn,
+        tx: &tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>,
+        with_ttl: bool,
+    ) -> bool {
         let pattern = format!("{}:*", glob_escape(&self.prefix));
-        let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
         loop {
             let step: Result<(u64, Vec<String>), StoreError> = self
@@ -500,37 +588,45 @@ impl RedisStore {
             };
             match step {
                 Ok((next, batch)) => {
-                    if tx.send(Ok(batch)).await.is_err() || next == 0 {
-                        return;
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return false;
+                    }
+                    if next == 0 {
+                        return true;
                     }
                     cursor = next;
                 }
                 Err(e) => {
                     let _closed = tx.send(Err(e)).await;
-                    return;
+                    return false;
                 }
             }
         }
     }
 
-    /// True unless Redis says no key in the database has a TTL (`INFO keyspace`, `expires=0`):
-    /// then a load can skip asking PTTL key by key, a third of its Redis work.
+    /// True unless Redis says no key in the database has a TTL (`INFO keyspace`, `expires=0`,
+    /// on every master): then a load can skip asking PTTL key by key, a third of its Redis work.
     async fn any_expiring_keys(&self) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let info: String = self
-            .run(redis::cmd("INFO").arg("keyspace").query_async(&mut conn))
-            .await?;
         let db = format!("db{}:", self.db());
-        Ok(info
-            .lines()
-            .find_map(|l| l.strip_prefix(db.as_str()))
-            .and_then(|fields| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix("expires="))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            })
-            .is_none_or(|expires| expires > 0))
+        for mut conn in self.nodes().await? {
+            let info: String = self
+                .run(redis::cmd("INFO").arg("keyspace").query_async(&mut conn))
+                .await?;
+            let none = info
+                .lines()
+                .find_map(|l| l.strip_prefix(db.as_str()))
+                .and_then(|fields| {
+                    fields
+                        .split(',')
+                        .find_map(|f| f.strip_prefix("expires="))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+                .is_some_and(|expires| expires == 0);
+            if !none {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Reads the given keys; `None` for keys that are gone, are not entries or hold another type.
@@ -554,15 +650,16 @@ impl RedisStore {
         if rule_keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(&rule_keys);
+        // A cluster client splits the MGET by slot and puts the replies back in order.
+        let mut batch = Batch::new();
+        batch.add(redis::cmd("MGET").arg(&rule_keys).to_owned());
         if with_ttl {
             for key in &rule_keys {
-                pipe.pttl(*key);
+                batch.add(Cmd::pttl(*key));
             }
         }
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = self.run(pipe.query_async(&mut conn)).await?;
+        let mut conn = self.conn().await?;
+        let mut replies: Vec<Value> = self.run(batch.query(&mut conn)).await?;
         let ttls = replies.split_off(1.min(replies.len()));
         let values = match replies.pop() {
             Some(Value::Array(values)) => values,
@@ -639,7 +736,19 @@ impl RedisStore {
     /// server already has. Returns false when the server does not allow CONFIG (managed Redis,
     /// ACLs): the caller then falls back to periodic resync.
     pub async fn enable_keyspace_notifications(&self) -> bool {
-        let mut conn = self.conn.clone();
+        let Ok(nodes) = self.nodes().await else {
+            return false;
+        };
+        // Notifications stay on the node that holds the key: every master needs them.
+        for conn in nodes {
+            if !self.enable_keyspace_notifications_on(conn).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn enable_keyspace_notifications_on(&self, mut conn: Conn) -> bool {
         let current: Result<Vec<String>, _> = self
             .run(
                 redis::cmd("CONFIG")
@@ -665,7 +774,6 @@ impl RedisStore {
         .is_ok()
     }
 
-    /// Opens a pub/sub connection (bounded by the connect timeout).
     /// The channel nodes share flood counts on, `<prefix>:flood`.
     pub fn flood_channel(&self) -> String {
         format!("{}:flood", self.prefix)
@@ -673,7 +781,7 @@ impl RedisStore {
 
     /// Publishes one batch of flood counts.
     pub async fn publish_flood(&self, message: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.run(
             redis::cmd("PUBLISH")
                 .arg(self.flood_channel())
@@ -708,7 +816,7 @@ impl RedisStore {
                 .arg(json)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.run(pipe.query_async::<()>(&mut conn)).await
     }
 
@@ -721,7 +829,7 @@ impl RedisStore {
         block_ms: Option<u64>,
     ) -> Result<(Vec<crate::calllog::CallRecord>, Option<String>), StoreError> {
         let key = self.calls_key();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let reply: Value = match (after, block_ms) {
             (Some(id), Some(ms)) => {
                 let cmd = redis::cmd("XREAD")
@@ -765,8 +873,13 @@ impl RedisStore {
         Ok((records, last))
     }
 
+    /// Opens a pub/sub connection to one node (PUBLISH reaches every node of a cluster).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        self.run(self.client.get_async_pubsub()).await
+        let result = self.conn.pubsub().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
     }
 }
 

@@ -4,6 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::redis_ha::{
+    MASTER_NAME, SentinelSetup, TlsFiles, cli_env, cli_env_ok, start_tls,
+};
 use crate::support::{Redis, Server, agi_call, bin, cli, cli_ok, http_get, within};
 
 /// An ACL user with a password, and `requirepass` for the default user: the URL's
@@ -87,6 +90,108 @@ fn acl_user_and_wrong_password() {
             .iter()
             .any(|l| l.contains("panicked") || l.contains("wrong-pw"))
     );
+}
+
+/// `rediss://` to a TLS-only server with a private CA that wants client certificates: the
+/// CLI's edits reach the server, calls are decided; without the client certificate or the CA
+/// the connection is refused with a clear error.
+#[test]
+fn tls_with_a_private_ca_and_client_certificate() {
+    let tls = TlsFiles::generate();
+    let node = start_tls(&tls, true);
+    let url = format!("rediss://127.0.0.1:{}/0", node.port);
+    let (ca, cert, key) = (
+        tls.path("ca.crt").display().to_string(),
+        tls.path("client.crt").display().to_string(),
+        tls.path("client.key").display().to_string(),
+    );
+    let env = [
+        ("CALLGUARD_REDIS__TLS_CA_FILE", ca.as_str()),
+        ("CALLGUARD_REDIS__TLS_CERT_FILE", cert.as_str()),
+        ("CALLGUARD_REDIS__TLS_KEY_FILE", key.as_str()),
+    ];
+    cli_env_ok(
+        &url,
+        &env,
+        &["block", "+7 495 123-45-67", "--reason", "tls"],
+    );
+    assert!(
+        node.cli(&["GET", "callguard:block:+74951234567"])
+            .contains("tls")
+    );
+    let server = Server::start(&url, &env);
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
+    cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
+    assert!(
+        within(Duration::from_secs(2), || {
+            agi_call(server.agi, "78123332211").verdict() == "block"
+        })
+        .is_some(),
+        "a CLI edit over TLS did not reach the server"
+    );
+    assert_eq!(
+        node.cli(&["SET", "callguard:block:8 (383) 111-22-33", "x"]),
+        "OK"
+    );
+    assert!(
+        within(Duration::from_secs(2), || {
+            agi_call(server.agi, "+73831112233").verdict() == "block"
+        })
+        .is_some(),
+        "a redis-cli edit over TLS did not reach the server"
+    );
+    assert_eq!(agi_call(server.agi, "+73830000000").verdict(), "allow");
+
+    // Without the client certificate, or without the CA: refused, said so, no panic.
+    for env in [&env[..1], &[]] {
+        let out = cli_env(&url, env, &["list"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(err.contains("redis"), "{err}");
+    }
+}
+
+/// Sentinel: the CLI and the server find the master through the sentinels; after
+/// `SENTINEL FAILOVER` the server follows the new master (commands, subscription, keyspace
+/// notifications) and edits made there reach it.
+#[test]
+fn sentinel_finds_the_master_and_follows_a_failover() {
+    let setup = SentinelSetup::start();
+    let url = setup.url();
+    let first = setup.master().port;
+    cli_ok(&url, &["block", "+7 495 123-45-67", "--reason", "sentinel"]);
+    let server = Server::start(&url, &[]);
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
+
+    assert_eq!(
+        setup.sentinels[0].cli(&["SENTINEL", "FAILOVER", MASTER_NAME]),
+        "OK"
+    );
+    let switched = within(Duration::from_secs(15), || {
+        setup.master_port().is_some_and(|p| p != first)
+            && setup.master().cli(&["ROLE"]).starts_with("master")
+    });
+    assert!(switched.is_some(), "no failover");
+    // An edit by hand on the new master, and one through the CLI (which asks the sentinels).
+    let new_master = setup.master();
+    assert_eq!(
+        new_master.cli(&["SET", "callguard:block:8 (812) 333-22-11", "x"]),
+        "OK"
+    );
+    cli_ok(&url, &["block", "+7 383 111-22-33"]);
+    for caller in ["78123332211", "73831112233", "84951234567"] {
+        assert!(
+            within(Duration::from_secs(10), || {
+                agi_call(server.agi, caller).verdict() == "block"
+            })
+            .is_some(),
+            "{caller} not blocked after the failover: {:#?}",
+            server.drain_logs()
+        );
+    }
+    let logs = server.drain_logs().join("\n");
+    assert!(logs.contains("master moved"), "{logs}");
 }
 
 /// Runs `callguard serve` against `store` for `how_long` and returns its log lines.

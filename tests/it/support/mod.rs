@@ -1,6 +1,8 @@
 //! Test harness: a real `redis-server` on a free port, the real `callguard` binary, and an
 //! Asterisk-faithful FastAGI client that replays captured environment blocks.
 
+pub mod redis_ha;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
