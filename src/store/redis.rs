@@ -252,7 +252,31 @@ impl RedisStore {
             let mut conn = self.conn().await?;
             self.run(batch.query::<()>(&mut conn)).await?;
         }
+        self.wait_for_replica().await;
         Ok(())
+    }
+
+    /// Sentinel: waits (up to a second) until a replica has this connection's writes, so an
+    /// acknowledged edit survives the master's crash and the failover that follows. Best
+    /// effort: without a replica in time the edit stands on the master alone (logged).
+    async fn wait_for_replica(&self) {
+        if !self.conn.is_sentinel() {
+            return;
+        }
+        let wait = self.op_timeout.min(Duration::from_secs(1));
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(1000);
+        let acked: Result<u64, StoreError> = match self.conn().await {
+            Ok(mut conn) => {
+                self.run(redis::cmd("WAIT").arg(1).arg(ms).query_async(&mut conn))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match acked {
+            Ok(n) if n > 0 => {}
+            Ok(_) => warn!(waited = ?wait, "edit written to the master, not yet on a replica"),
+            Err(error) => warn!(%error, "edit written; replica acknowledgement unknown"),
+        }
     }
 
     /// Removes every spelling of each rule from `tenant`'s `list`; returns how many were present.
@@ -282,6 +306,7 @@ impl RedisStore {
                 removed += 1;
             }
         }
+        self.wait_for_replica().await;
         Ok(removed)
     }
 

@@ -357,6 +357,11 @@ impl RedisConn {
             .set_response_timeout(Some(self.inner.op_timeout))
     }
 
+    /// True for a master found through Sentinel.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.inner.deployment, Deployment::Sentinel { .. })
+    }
+
     /// True for Sentinel and Cluster, whose masters can change (failover).
     pub fn is_replicated(&self) -> bool {
         !matches!(self.inner.deployment, Deployment::Single(_))

@@ -1,11 +1,15 @@
 //! Redis deployments beyond one open server: AUTH/ACL users, TLS, Sentinel, Cluster, and
 //! failovers while calls are being decided.
 
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::support::redis_ha::{
-    MASTER_NAME, SentinelSetup, TlsFiles, cli_env, cli_env_ok, start_tls,
+    Cluster, MASTER_NAME, SentinelSetup, TlsFiles, cli_env, cli_env_ok, start_tls,
 };
 use crate::support::{Redis, Server, agi_call, bin, cli, cli_ok, http_get, within};
 
@@ -192,6 +196,239 @@ fn sentinel_finds_the_master_and_follows_a_failover() {
     }
     let logs = server.drain_logs().join("\n");
     assert!(logs.contains("master moved"), "{logs}");
+}
+
+/// Cluster: a load visits every master, CLI edits and `redis-cli -c` edits (any spelling, on
+/// any node) reach the server through keyspace notifications on each master, and `unblock`
+/// finds spellings on other nodes.
+#[test]
+fn cluster_loads_every_master_and_follows_edits_on_each() {
+    let cluster = Cluster::start(0);
+    let url = cluster.url();
+    let numbers: Vec<String> = (0..30).map(|i| format!("+7495000{i:04}")).collect();
+    let mut args = vec!["block"];
+    args.extend(numbers.iter().map(String::as_str));
+    cli_ok(&url, &args);
+    // The keys are spread over the masters.
+    let per_node: Vec<i64> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.cli(&["DBSIZE"]).parse().unwrap_or(0))
+        .collect();
+    assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+    let server = Server::start(&url, &[]);
+    for n in &numbers {
+        assert_eq!(agi_call(server.agi, n).verdict(), "block", "{n}");
+    }
+    // Hand edits in other spellings land on whichever node owns their slot.
+    let spellings = [
+        ("callguard:block:8 (812) 333-22-11", "+78123332211"),
+        ("callguard:block:8-383-111-22-33", "+73831112233"),
+        ("callguard:block:+7 (999) 000 00 01", "+79990000001"),
+    ];
+    for (key, _) in spellings {
+        assert_eq!(cluster.cli(&["SET", key, "hand"]), "OK");
+    }
+    for (_, caller) in spellings {
+        assert!(
+            within(Duration::from_secs(2), || {
+                agi_call(server.agi, caller).verdict() == "block"
+            })
+            .is_some(),
+            "{caller}: redis-cli -c edit not seen: {:#?}",
+            server.drain_logs()
+        );
+    }
+    cli_ok(&url, &["block", "+7 383 000-00-07"]);
+    assert!(
+        within(Duration::from_secs(2), || {
+            agi_call(server.agi, "73830000007").verdict() == "block"
+        })
+        .is_some(),
+        "a CLI edit on the cluster not seen"
+    );
+    // unblock finds the hand-typed spellings wherever they live.
+    for (key, caller) in spellings {
+        assert!(cli_ok(&url, &["unblock", caller]).contains("removed"));
+        assert_eq!(cluster.cli(&["EXISTS", key]), "0");
+    }
+    cli_ok(&url, &["unblock", &numbers[0]]);
+    for caller in [
+        "+78123332211",
+        "+73831112233",
+        "+79990000001",
+        numbers[0].as_str(),
+    ] {
+        assert!(
+            within(Duration::from_secs(2), || {
+                agi_call(server.agi, caller).verdict() == "allow"
+            })
+            .is_some(),
+            "{caller} still blocked"
+        );
+    }
+    let listed = cli_ok(&url, &["list"]);
+    assert!(listed.contains(&numbers[29]), "{listed}");
+}
+
+/// Calls placed by [`Load`] and what came back.
+#[derive(Debug, Default)]
+struct LoadReport {
+    calls: u64,
+    /// Calls that ended without a verdict.
+    no_verdict: u64,
+    /// Calls from the number blocked before the start that were not blocked.
+    not_blocked: u64,
+}
+
+/// Calls through FastAGI without pause until stopped: fresh callers (allowed), and every
+/// tenth call the number blocked before the start.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<LoadReport>,
+}
+
+impl Load {
+    fn start(agi: SocketAddr, blocked: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut report = LoadReport::default();
+            let mut i: u64 = 0;
+            while !flag.load(Ordering::Relaxed) {
+                i += 1;
+                let from_blocked = i.is_multiple_of(10);
+                let caller = if from_blocked {
+                    blocked.to_owned()
+                } else {
+                    format!("+7{:03}{:07}", 900 + i % 90, (i * 7919) % 10_000_000)
+                };
+                let verdict = agi_call(agi, &caller).verdict().to_owned();
+                report.calls += 1;
+                if verdict.is_empty() {
+                    report.no_verdict += 1;
+                } else if from_blocked && verdict != "block" {
+                    report.not_blocked += 1;
+                }
+            }
+            report
+        });
+        Load { stop, thread }
+    }
+
+    fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("load thread")
+    }
+}
+
+/// Flood settings for failover tests: only the per-caller detector, tripped by a 4th call.
+fn flood_config(dir: &tempfile::TempDir) -> String {
+    let path = dir.path().join("callguard.toml");
+    std::fs::write(
+        &path,
+        "[flood]\nshared = false\nranges = []\n\
+         [flood.per_caller]\nthreshold = 3\n[flood.fan_out]\nenabled = false\n",
+    )
+    .expect("write config");
+    path.display().to_string()
+}
+
+/// Sentinel, the master crashes while calls go through without pause: every call gets a
+/// verdict; edits acknowledged before the crash, edits made during it (those the CLI
+/// acknowledged) and after it, and a flood ban detected while no master was reachable are all
+/// in force after the server has moved to the new master and reloaded.
+#[test]
+fn sentinel_master_crash_under_load_loses_no_verdict_edit_or_ban() {
+    let mut setup = SentinelSetup::start();
+    let url = setup.url();
+    cli_ok(&url, &["block", "+73830000000", "--reason", "before"]);
+    let cfg_dir = tempfile::tempdir().expect("tempdir");
+    let cfg = flood_config(&cfg_dir);
+    let server = Server::start(
+        &url,
+        &[
+            ("CALLGUARD_CONFIG", cfg.as_str()),
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+            ("CALLGUARD_REDIS__MAX_BACKOFF_MS", "1000"),
+        ],
+    );
+    let load = Load::start(server.agi, "+73830000000");
+    let mut acknowledged: Vec<String> = Vec::new();
+    for n in ["+73830000001", "+73830000002"] {
+        cli_ok(&url, &["block", n]);
+        acknowledged.push(n.to_owned());
+    }
+
+    let old = setup.master().port;
+    let crashed = Instant::now();
+    setup
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == old)
+        .expect("master")
+        .kill();
+    // Meanwhile: a flooding caller, and edits the CLI may or may not get through.
+    for _ in 0..5 {
+        agi_call(server.agi, "+73835550001");
+    }
+    let mut k = 0;
+    let switched = loop {
+        let now_master = setup.master_port().filter(|&p| p != old);
+        if let Some(port) = now_master
+            && setup
+                .nodes
+                .iter()
+                .any(|n| n.port == port && n.cli(&["ROLE"]).starts_with("master"))
+        {
+            break crashed.elapsed();
+        }
+        assert!(crashed.elapsed() < Duration::from_secs(20), "no failover");
+        k += 1;
+        let n = format!("+7383100{k:04}");
+        if cli(&url, &["block", &n]).status.success() {
+            acknowledged.push(n);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for n in ["+73832000001", "+73832000002"] {
+        assert!(
+            within(Duration::from_secs(5), || cli(&url, &["block", n])
+                .status
+                .success())
+            .is_some(),
+            "the CLI cannot write after the failover"
+        );
+        acknowledged.push(n.to_owned());
+    }
+    acknowledged.push("+73835550001".to_owned());
+    for n in &acknowledged {
+        assert!(
+            within(Duration::from_secs(15), || agi_call(server.agi, n)
+                .verdict()
+                == "block")
+            .is_some(),
+            "{n} is not blocked after the failover ({switched:?} after the crash): {:#?}",
+            server.drain_logs()
+        );
+    }
+    let report = load.finish();
+    assert_eq!(report.no_verdict, 0, "{report:?}");
+    assert_eq!(report.not_blocked, 0, "{report:?}");
+    assert!(report.calls > 100, "{report:?}");
+    let logs = server.drain_logs().join("\n");
+    assert!(logs.contains("flood: banned"), "{logs}");
+    assert!(
+        logs.matches("loaded from redis").count() >= 1,
+        "no reload after the switch: {logs}"
+    );
+    let listed = cli_ok(&url, &["list"]);
+    for n in &acknowledged {
+        assert!(
+            listed.contains(n.as_str()),
+            "{n} missing from the new master: {listed}"
+        );
+    }
 }
 
 /// Runs `callguard serve` against `store` for `how_long` and returns its log lines.

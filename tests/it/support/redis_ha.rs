@@ -332,6 +332,74 @@ pub fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
+/// A cluster of 3 masters (slots split evenly by `redis-cli --cluster create`), each with
+/// `replicas` replicas.
+pub struct Cluster {
+    /// Every node; the first three start as masters.
+    pub nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// Starts the nodes, creates the cluster and waits for `cluster_state:ok` everywhere.
+    pub fn start(replicas: usize) -> Cluster {
+        let nodes: Vec<Node> = (0..3 * (1 + replicas))
+            .map(|_| {
+                let port = free_port();
+                Node::start_conf(
+                    port,
+                    "cluster-enabled yes\ncluster-config-file nodes.conf\n\
+                     cluster-node-timeout 1000\n",
+                    false,
+                )
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(n.addr());
+        }
+        let out = create
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.nodes.iter().all(|n| {
+            let info = n.cli(&["CLUSTER", "INFO"]);
+            field(&info, "cluster_state") == Some("ok")
+                && field(&info, "cluster_known_nodes") == Some(&cluster.nodes.len().to_string())
+        }) {
+            assert!(Instant::now() < deadline, "cluster did not become ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// `redis+cluster://` URL with every master as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().take(3).map(Node::addr).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// `redis-cli -c` (follows MOVED) against the first live node.
+    pub fn cli(&self, args: &[&str]) -> String {
+        for n in &self.nodes {
+            if n.child.is_some() {
+                let mut all = vec!["-c"];
+                all.extend_from_slice(args);
+                return n.cli(&all);
+            }
+        }
+        String::new()
+    }
+}
+
 /// Runs the CLI against `store` with extra environment variables.
 pub fn cli_env(store: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
     Command::new(bin())
