@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::support::redis_ha::{
-    Cluster, MASTER_NAME, SentinelSetup, TlsFiles, cli_env, cli_env_ok, start_tls,
+    Cluster, MASTER_NAME, SentinelSetup, TlsFiles, cli_env, cli_env_ok, field, start_tls,
 };
 use crate::support::{Redis, Server, agi_call, bin, cli, cli_ok, http_get, within};
 
@@ -427,6 +427,119 @@ fn sentinel_master_crash_under_load_loses_no_verdict_edit_or_ban() {
         assert!(
             listed.contains(n.as_str()),
             "{n} missing from the new master: {listed}"
+        );
+    }
+}
+
+/// Cluster of 3 masters with a replica each; the master holding acknowledged edits crashes
+/// while calls go through without pause: every call gets a verdict, the replica takes over,
+/// the server resubscribes and reloads, and edits from before, during (acknowledged) and after
+/// the failover, and a flood ban detected meanwhile, are all in force.
+#[test]
+fn cluster_master_crash_under_load_loses_no_verdict_edit_or_ban() {
+    let mut cluster = Cluster::start(1);
+    let url = cluster.url();
+    cli_ok(&url, &["block", "+73830000000", "--reason", "before"]);
+    let cfg_dir = tempfile::tempdir().expect("tempdir");
+    let cfg = flood_config(&cfg_dir);
+    let server = Server::start(
+        &url,
+        &[
+            ("CALLGUARD_CONFIG", cfg.as_str()),
+            ("CALLGUARD_FLOOD__ENABLED", "true"),
+            ("CALLGUARD_REDIS__MAX_BACKOFF_MS", "1000"),
+        ],
+    );
+    let load = Load::start(server.agi, "+73830000000");
+    let mut acknowledged: Vec<String> = Vec::new();
+    for n in ["+73830000001", "+73830000002"] {
+        cli_ok(&url, &["block", n]);
+        acknowledged.push(n.to_owned());
+    }
+    // The master holding the first edit, and its replica once it has caught up.
+    let key = "callguard:block:+73830000001";
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.cli(&["ROLE"]).starts_with("master") && n.cli(&["EXISTS", key]) == "1")
+        .expect("a master holds the key");
+    let victim_port = cluster.nodes[victim].port.to_string();
+    let replica = cluster
+        .nodes
+        .iter()
+        .position(|n| {
+            let role = n.cli(&["ROLE"]);
+            role.starts_with("slave") && role.lines().nth(2) == Some(victim_port.as_str())
+        })
+        .expect("the master has a replica");
+    let offset = |n: usize, name: &str| {
+        field(&cluster.nodes[n].cli(&["INFO", "replication"]), name).map(str::to_owned)
+    };
+    assert!(
+        within(Duration::from_secs(5), || {
+            offset(victim, "master_repl_offset") == offset(replica, "slave_repl_offset")
+        })
+        .is_some(),
+        "the replica did not catch up"
+    );
+
+    let crashed = Instant::now();
+    cluster.nodes[victim].kill();
+    for _ in 0..5 {
+        agi_call(server.agi, "+73835550001");
+    }
+    let mut k = 0;
+    let switched = loop {
+        let info = cluster.nodes[replica].cli(&["CLUSTER", "INFO"]);
+        if cluster.nodes[replica].cli(&["ROLE"]).starts_with("master")
+            && field(&info, "cluster_state") == Some("ok")
+        {
+            break crashed.elapsed();
+        }
+        assert!(crashed.elapsed() < Duration::from_secs(20), "no failover");
+        k += 1;
+        let n = format!("+7383100{k:04}");
+        if cli(&url, &["block", &n]).status.success() {
+            acknowledged.push(n);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for n in ["+73832000001", "+73832000002"] {
+        assert!(
+            within(Duration::from_secs(5), || cli(&url, &["block", n])
+                .status
+                .success())
+            .is_some(),
+            "the CLI cannot write after the failover"
+        );
+        acknowledged.push(n.to_owned());
+    }
+    acknowledged.push("+73835550001".to_owned());
+    for n in &acknowledged {
+        assert!(
+            within(Duration::from_secs(15), || agi_call(server.agi, n)
+                .verdict()
+                == "block")
+            .is_some(),
+            "{n} is not blocked after the failover ({switched:?} after the crash): {:#?}",
+            server.drain_logs()
+        );
+    }
+    let report = load.finish();
+    assert_eq!(report.no_verdict, 0, "{report:?}");
+    assert_eq!(report.not_blocked, 0, "{report:?}");
+    assert!(report.calls > 100, "{report:?}");
+    let logs = server.drain_logs().join("\n");
+    assert!(logs.contains("flood: banned"), "{logs}");
+    assert!(
+        logs.contains("loaded from redis"),
+        "no reload after the switch: {logs}"
+    );
+    let listed = cli_ok(&url, &["list"]);
+    for n in &acknowledged {
+        assert!(
+            listed.contains(n.as_str()),
+            "{n} missing after the failover: {listed}"
         );
     }
 }
