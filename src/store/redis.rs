@@ -256,25 +256,21 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Sentinel: waits (up to a second) until a replica has this connection's writes, so an
-    /// acknowledged edit survives the master's crash and the failover that follows. Best
-    /// effort: without a replica in time the edit stands on the master alone (logged).
+    /// Sentinel and Cluster: waits (up to a second) until a replica of each master has the
+    /// writes, so an acknowledged edit survives the master's crash and the failover that
+    /// follows. Best effort: a master whose replicas lag keeps the edit alone (logged).
     async fn wait_for_replica(&self) {
-        if !self.conn.is_sentinel() {
+        if !self.conn.is_replicated() {
             return;
         }
         let wait = self.op_timeout.min(Duration::from_secs(1));
-        let ms = u64::try_from(wait.as_millis()).unwrap_or(1000);
-        let acked: Result<u64, StoreError> = match self.conn().await {
-            Ok(mut conn) => {
-                self.run(redis::cmd("WAIT").arg(1).arg(ms).query_async(&mut conn))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match acked {
-            Ok(n) if n > 0 => {}
-            Ok(_) => warn!(waited = ?wait, "edit written to the master, not yet on a replica"),
+        match self.conn.wait_for_replicas(wait).await {
+            Ok(lagging) if lagging.is_empty() => {}
+            Ok(lagging) => warn!(
+                masters = %lagging.join(","),
+                waited = ?wait,
+                "edit written to the master, not yet on a replica"
+            ),
             Err(error) => warn!(%error, "edit written; replica acknowledgement unknown"),
         }
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo, RedisFuture, RedisResult, Value};
 use tokio::time::timeout;
 
@@ -357,11 +358,6 @@ impl RedisConn {
             .set_response_timeout(Some(self.inner.op_timeout))
     }
 
-    /// True for a master found through Sentinel.
-    pub fn is_sentinel(&self) -> bool {
-        matches!(self.inner.deployment, Deployment::Sentinel { .. })
-    }
-
     /// True for Sentinel and Cluster, whose masters can change (failover).
     pub fn is_replicated(&self) -> bool {
         !matches!(self.inner.deployment, Deployment::Single(_))
@@ -542,6 +538,15 @@ impl RedisConn {
     /// The masters holding data now, as `host:port`, sorted: the server itself, the master
     /// the sentinels name, or the cluster's masters that own slots. A change means a failover.
     pub async fn masters(&self) -> Result<Vec<String>, StoreError> {
+        // Every sentinel may be tried: bounded as a whole, the sync waits on this.
+        let budget = self.inner.connect_timeout + self.inner.op_timeout;
+        match timeout(budget, self.masters_inner()).await {
+            Ok(masters) => masters,
+            Err(_elapsed) => Err(StoreError::Timeout(budget)),
+        }
+    }
+
+    async fn masters_inner(&self) -> Result<Vec<String>, StoreError> {
         match &self.inner.deployment {
             Deployment::Single(_) => Ok(vec![self.identity()]),
             Deployment::Sentinel {
@@ -564,6 +569,60 @@ impl RedisConn {
                 Ok(cluster_masters(&nodes))
             }
         }
+    }
+
+    /// Sentinel and Cluster, after writes: on each master that has a replica connected, waits
+    /// (`WAIT 1`, up to `wait`) until one has this handle's writes. Returns the masters where
+    /// none did in time. A single server, or a master without replicas, is not waited on.
+    pub async fn wait_for_replicas(&self, wait: Duration) -> Result<Vec<String>, StoreError> {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        let wait_cmd = || redis::cmd("WAIT").arg(1).arg(ms).to_owned();
+        let budget = wait + self.inner.op_timeout;
+        let mut lagging = Vec::new();
+        match &self.inner.deployment {
+            Deployment::Single(_) => {}
+            Deployment::Sentinel { .. } => {
+                let mut conn = self.get().await?;
+                let role: Value = self.run(redis::cmd("ROLE").query_async(&mut conn)).await?;
+                if replica_count(&role) > 0 {
+                    let acked: u64 = timed(budget, wait_cmd().query_async(&mut conn)).await?;
+                    if acked == 0 {
+                        lagging.push(self.identity());
+                    }
+                }
+            }
+            Deployment::Cluster { .. } => {
+                let Conn::Cluster(mut cluster) = self.get().await? else {
+                    return Ok(lagging);
+                };
+                for addr in self.masters().await? {
+                    let Some((host, port)) = addr.rsplit_once(':') else {
+                        continue;
+                    };
+                    let Ok(port) = port.parse::<u16>() else {
+                        continue;
+                    };
+                    // The same per-node connection the writes went over: WAIT counts its writes.
+                    let route = || {
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.trim_matches(['[', ']']).to_owned(),
+                            port,
+                        })
+                    };
+                    let role = self
+                        .run(cluster.route_command(redis::cmd("ROLE"), route()))
+                        .await?;
+                    if replica_count(&role) == 0 {
+                        continue;
+                    }
+                    let acked = timed(budget, cluster.route_command(wait_cmd(), route())).await?;
+                    if matches!(acked, Value::Int(0)) {
+                        lagging.push(addr);
+                    }
+                }
+            }
+        }
+        Ok(lagging)
     }
 
     /// One connection per master, for commands that act on one node's keyspace (SCAN, INFO,
@@ -661,6 +720,30 @@ impl RedisConn {
         masters.sort();
         let messages = futures_util::stream::select_all(streams).boxed();
         Ok(Subscription { messages, masters })
+    }
+}
+
+/// How many replicas a `ROLE` reply of a master lists.
+fn replica_count(role: &Value) -> usize {
+    match role {
+        Value::Array(parts) => match parts.as_slice() {
+            [Value::BulkString(kind), _, Value::Array(replicas), ..] if kind == b"master" => {
+                replicas.len()
+            }
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// `what` within `budget`.
+async fn timed<T>(
+    budget: Duration,
+    what: impl std::future::Future<Output = RedisResult<T>>,
+) -> Result<T, StoreError> {
+    match timeout(budget, what).await {
+        Ok(result) => Ok(result?),
+        Err(_elapsed) => Err(StoreError::Timeout(budget)),
     }
 }
 

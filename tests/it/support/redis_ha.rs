@@ -372,8 +372,12 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !cluster.nodes.iter().all(|n| {
             let info = n.cli(&["CLUSTER", "INFO"]);
+            // A replica fails over only once it has synced with its master.
+            let synced = !n.cli(&["ROLE"]).starts_with("slave")
+                || field(&n.cli(&["INFO", "replication"]), "master_link_status") == Some("up");
             field(&info, "cluster_state") == Some("ok")
                 && field(&info, "cluster_known_nodes") == Some(&cluster.nodes.len().to_string())
+                && synced
         }) {
             assert!(Instant::now() < deadline, "cluster did not become ok");
             std::thread::sleep(Duration::from_millis(100));
