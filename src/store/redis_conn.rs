@@ -306,6 +306,9 @@ struct Inner {
     current: tokio::sync::Mutex<Option<(String, Conn)>>,
     /// Sentinel: the master failed a command; ask the sentinels again before the next one.
     stale: AtomicBool,
+    /// Sentinel: one connection per sentinel, kept for the sync's periodic question. A std
+    /// mutex: only taken to clone or replace an entry, never across an await.
+    sentinel_conns: std::sync::Mutex<std::collections::HashMap<String, MultiplexedConnection>>,
 }
 
 impl RedisConn {
@@ -329,6 +332,7 @@ impl RedisConn {
             sentinel_password: settings.sentinel_password.clone(),
             current: tokio::sync::Mutex::new(None),
             stale: AtomicBool::new(false),
+            sentinel_conns: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
         let conn = RedisConn {
             inner: Arc::new(inner),
@@ -492,20 +496,43 @@ impl RedisConn {
             settings = settings.set_password(&self.inner.sentinel_password);
         }
         info = info.set_redis_settings(settings);
-        let client = match &self.inner.certs {
-            Some(certs) => Client::build_with_tls(info, certs.clone())?,
-            None => Client::open(info)?,
+        let cached = self
+            .inner
+            .sentinel_conns
+            .lock()
+            .ok()
+            .and_then(|conns| conns.get(sentinel).cloned());
+        let mut conn = match cached {
+            Some(conn) => conn,
+            None => {
+                let client = match &self.inner.certs {
+                    Some(certs) if scheme == "rediss" => {
+                        Client::build_with_tls(info, certs.clone())?
+                    }
+                    _ => Client::open(info)?,
+                };
+                let conn = self.connect(&client).await?;
+                if let Ok(mut conns) = self.inner.sentinel_conns.lock() {
+                    conns.insert(sentinel.to_owned(), conn.clone());
+                }
+                conn
+            }
         };
-        let mut conn = self.connect(&client).await?;
-        let reply: Option<(String, u16)> = self
+        let reply: Result<Option<(String, u16)>, StoreError> = self
             .run(
                 redis::cmd("SENTINEL")
                     .arg("get-master-addr-by-name")
                     .arg(master)
                     .query_async(&mut conn),
             )
-            .await?;
-        match reply {
+            .await;
+        if reply.is_err()
+            && let Ok(mut conns) = self.inner.sentinel_conns.lock()
+        {
+            // Reconnect next time (the sentinel may have restarted).
+            conns.remove(sentinel);
+        }
+        match reply? {
             Some((host, port)) if host.contains(':') => Ok(format!("[{host}]:{port}")),
             Some((host, port)) => Ok(format!("{host}:{port}")),
             None => Err(StoreError::NoMaster(master.to_owned())),

@@ -540,6 +540,39 @@ fn cluster_master_crash_under_load_loses_no_verdict_edit_or_ban() {
     }
 }
 
+/// `rediss+sentinel://` and `rediss+cluster://`: sentinels, masters, replicas and cluster
+/// nodes on TLS only, trusted through `redis.tls_ca_file`; CLI edits reach the server.
+#[test]
+fn sentinel_and_cluster_over_tls() {
+    let tls = TlsFiles::generate();
+    let ca = tls.path("ca.crt").display().to_string();
+    let env = [("CALLGUARD_REDIS__TLS_CA_FILE", ca.as_str())];
+    let setup = SentinelSetup::start_with(Some(&tls));
+    let cluster = Cluster::start_with(0, Some(&tls));
+    let cluster_url = format!("rediss{}", cluster.url().trim_start_matches("redis"));
+    for url in [setup.tls_url(), cluster_url] {
+        cli_env_ok(&url, &env, &["block", "+7 495 123-45-67"]);
+        let server = Server::start(&url, &env);
+        assert_eq!(
+            agi_call(server.agi, "84951234567").verdict(),
+            "block",
+            "{url}"
+        );
+        cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
+        assert!(
+            within(Duration::from_secs(2), || {
+                agi_call(server.agi, "78123332211").verdict() == "block"
+            })
+            .is_some(),
+            "{url}: a CLI edit did not reach the server: {:#?}",
+            server.drain_logs()
+        );
+        // Without the CA: refused.
+        let out = cli_env(&url, &[], &["list"]);
+        assert!(!out.status.success(), "{url}");
+    }
+}
+
 /// Runs `callguard serve` against `store` for `how_long` and returns its log lines.
 fn run_briefly(store: &str, how_long: Duration) -> Vec<String> {
     use std::io::{BufRead, BufReader};

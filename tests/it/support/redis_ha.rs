@@ -39,7 +39,9 @@ impl TlsFiles {
             "req",
             "-x509",
             "-newkey",
-            "rsa:2048",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-days",
             "2",
@@ -64,7 +66,9 @@ impl TlsFiles {
             run(&[
                 "req",
                 "-newkey",
-                "rsa:2048",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
                 "-nodes",
                 "-subj",
                 &format!("/CN={name}"),
@@ -161,14 +165,33 @@ impl Node {
     }
 
     /// Starts `redis-server <conf> [--sentinel]` with a config file written in a temp dir
-    /// (sentinels rewrite theirs, so it must be writable).
-    pub fn start_conf(port: u16, conf: &str, sentinel: bool) -> Node {
+    /// (sentinels rewrite theirs, so it must be writable); with `tls`, TLS only (replication
+    /// and cluster bus too).
+    pub fn start_conf(port: u16, conf: &str, sentinel: bool, tls: Option<&TlsFiles>) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.conf");
+        let listen = match tls {
+            None => format!("port {port}\n"),
+            Some(t) => {
+                let p = |n: &str| t.path(n).display().to_string();
+                format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n{}",
+                    p("server.crt"),
+                    p("server.key"),
+                    p("ca.crt"),
+                    if conf.contains("cluster-enabled") {
+                        "tls-cluster yes\n"
+                    } else {
+                        ""
+                    },
+                )
+            }
+        };
         std::fs::write(
             &path,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\n{conf}",
+                "{listen}bind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\n{conf}",
                 dir.path().display()
             ),
         )
@@ -183,7 +206,12 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (tests/run.sh installs it)");
-        Node::wait(child, port, Vec::new(), dir)
+        Node::wait(
+            child,
+            port,
+            tls.map(TlsFiles::cli_args).unwrap_or_default(),
+            dir,
+        )
     }
 
     fn wait(child: Child, port: u16, cli_args: Vec<String>, dir: tempfile::TempDir) -> Node {
@@ -258,11 +286,17 @@ pub const MASTER_NAME: &str = "mymaster";
 impl SentinelSetup {
     /// Starts everything and waits until every sentinel knows the replica and the others.
     pub fn start() -> SentinelSetup {
-        let master = Node::start_conf(free_port(), "", false);
+        SentinelSetup::start_with(None)
+    }
+
+    /// [`SentinelSetup::start`], every node and sentinel on TLS only when `tls`.
+    pub fn start_with(tls: Option<&TlsFiles>) -> SentinelSetup {
+        let master = Node::start_conf(free_port(), "", false, tls);
         let replica = Node::start_conf(
             free_port(),
             &format!("replicaof 127.0.0.1 {}\n", master.port),
             false,
+            tls,
         );
         let conf = format!(
             "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
@@ -272,7 +306,7 @@ impl SentinelSetup {
             master.port
         );
         let sentinels: Vec<Node> = (0..3)
-            .map(|_| Node::start_conf(free_port(), &conf, true))
+            .map(|_| Node::start_conf(free_port(), &conf, true, tls))
             .collect();
         let setup = SentinelSetup {
             nodes: vec![master, replica],
@@ -300,6 +334,11 @@ impl SentinelSetup {
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self.sentinels.iter().map(Node::addr).collect();
         format!("redis+sentinel://{}/{MASTER_NAME}/0", hosts.join(","))
+    }
+
+    /// `rediss+sentinel://` URL of all three sentinels.
+    pub fn tls_url(&self) -> String {
+        format!("rediss{}", self.url().trim_start_matches("redis"))
     }
 
     /// The master's port as the first sentinel reports it.
@@ -342,6 +381,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts the nodes, creates the cluster and waits for `cluster_state:ok` everywhere.
     pub fn start(replicas: usize) -> Cluster {
+        Cluster::start_with(replicas, None)
+    }
+
+    /// [`Cluster::start`], TLS only (clients, replication, cluster bus) when `tls`.
+    pub fn start_with(replicas: usize, tls: Option<&TlsFiles>) -> Cluster {
         let nodes: Vec<Node> = (0..3 * (1 + replicas))
             .map(|_| {
                 let port = free_port();
@@ -350,10 +394,12 @@ impl Cluster {
                     "cluster-enabled yes\ncluster-config-file nodes.conf\n\
                      cluster-node-timeout 1000\n",
                     false,
+                    tls,
                 )
             })
             .collect();
         let mut create = Command::new("redis-cli");
+        create.args(tls.map(TlsFiles::cli_args).unwrap_or_default());
         create.arg("--cluster").arg("create");
         for n in &nodes {
             create.arg(n.addr());
