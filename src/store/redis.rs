@@ -222,13 +222,11 @@ impl RedisStore {
                     e.to_string(),
                 )))
             })?;
+            // One transaction on a single server. A cluster cannot span slots: there the new
+            // key is written first and the other spellings deleted after, so a server reading
+            // in between sees the rule (under one spelling or two), never no rule.
             let mut batch = Batch::new();
             batch.atomic();
-            for key in &stale {
-                batch.add_ignored(Cmd::del(key));
-            }
-            // Every other spelling is gone now.
-            batch.add_ignored(Cmd::del(self.alias_key(&canonical)));
             match entry.expires_at {
                 Some(at) => {
                     // An expiry already in the past still writes a 1 ms key, so the effect is a delete.
@@ -244,6 +242,12 @@ impl RedisStore {
                     batch.add_ignored(Cmd::set(&canonical, &value));
                 }
             }
+            batch.then();
+            for key in &stale {
+                batch.add_ignored(Cmd::del(key));
+            }
+            // Every other spelling is gone now.
+            batch.add_ignored(Cmd::del(self.alias_key(&canonical)));
             // Announced once written (a cluster sends each stage in turn).
             batch.then();
             for key in stale.iter().chain(std::iter::once(&canonical)) {

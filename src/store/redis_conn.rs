@@ -293,14 +293,15 @@ pub struct RedisConn {
 
 struct Inner {
     deployment: Deployment,
-    /// Parsed client for the single-server case; the template for other nodes' settings.
-    single: Option<Client>,
+    /// Single server: its client and self-reconnecting connection.
+    single: Option<(Client, ConnectionManager)>,
     certs: Option<redis::TlsCertificates>,
     connect_timeout: Duration,
     op_timeout: Duration,
     sentinel_username: String,
     sentinel_password: String,
-    /// The command connection; `None` until first used (and after a Sentinel failover).
+    /// The command connection (Sentinel, Cluster) with what it is connected to; `None` until
+    /// first used.
     /// A tokio mutex: finding a master awaits sentinels while holding it, so that concurrent
     /// callers wait for one lookup instead of each starting their own.
     current: tokio::sync::Mutex<Option<(String, Conn)>>,
@@ -319,7 +320,15 @@ impl RedisConn {
         let deployment = Deployment::parse(url)?;
         let certs = tls_certificates(settings)?;
         let single = match &deployment {
-            Deployment::Single(url) => Some(client_for(url, certs.as_ref())?),
+            Deployment::Single(url) => {
+                let client = client_for(url, certs.as_ref())?;
+                // Lazy: the first command connects; a dead server is an error per command.
+                let manager = ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    manager_config(settings),
+                )?;
+                Some((client, manager))
+            }
             _ => None,
         };
         let inner = Inner {
@@ -334,26 +343,9 @@ impl RedisConn {
             stale: AtomicBool::new(false),
             sentinel_conns: std::sync::Mutex::new(std::collections::HashMap::new()),
         };
-        let conn = RedisConn {
+        Ok(RedisConn {
             inner: Arc::new(inner),
-        };
-        if let Some(client) = &conn.inner.single {
-            // Lazy: the first command connects; a dead server is an error per command.
-            let manager =
-                ConnectionManager::new_lazy_with_config(client.clone(), conn.manager_config())?;
-            *conn.inner.current.try_lock().map_err(|_| {
-                StoreError::BadUrl("connection state busy at creation".to_owned())
-            })? = Some((conn.identity(), Conn::Manager(manager)));
-        }
-        Ok(conn)
-    }
-
-    fn manager_config(&self) -> redis::aio::ConnectionManagerConfig {
-        redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.inner.connect_timeout))
-            .set_response_timeout(Some(self.inner.op_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500))
+        })
     }
 
     fn node_config(&self) -> redis::AsyncConnectionConfig {
@@ -374,7 +366,7 @@ impl RedisConn {
                 .inner
                 .single
                 .as_ref()
-                .map_or(0, |c| c.get_connection_info().redis_settings().db()),
+                .map_or(0, |(c, _)| c.get_connection_info().redis_settings().db()),
             Deployment::Sentinel { node_url, .. } | Deployment::Cluster { node_url, .. } => {
                 node_url.db
             }
@@ -385,9 +377,13 @@ impl RedisConn {
     /// or the cluster seeds.
     pub fn identity(&self) -> String {
         match &self.inner.deployment {
-            Deployment::Single(_) => self.inner.single.as_ref().map_or_else(String::new, |c| {
-                format!("{:?}", c.get_connection_info().addr())
-            }),
+            Deployment::Single(_) => self
+                .inner
+                .single
+                .as_ref()
+                .map_or_else(String::new, |(c, _)| {
+                    format!("{:?}", c.get_connection_info().addr())
+                }),
             Deployment::Sentinel {
                 sentinels, master, ..
             } => format!("sentinel {} {master}", sentinels.join(",")),
@@ -397,6 +393,9 @@ impl RedisConn {
 
     /// The connection for commands: to the server, the current master, or the cluster.
     pub async fn get(&self) -> Result<Conn, StoreError> {
+        if let Some((_, manager)) = &self.inner.single {
+            return Ok(Conn::Manager(manager.clone()));
+        }
         let budget = self.inner.connect_timeout + self.inner.op_timeout;
         match timeout(budget, self.get_inner()).await {
             Ok(conn) => conn,
@@ -412,14 +411,16 @@ impl RedisConn {
             return Ok(conn.clone());
         }
         let (name, conn) = match &self.inner.deployment {
-            Deployment::Single(_) => match current.as_ref() {
-                Some((name, conn)) => (name.clone(), conn.clone()),
-                None => return Err(StoreError::BadUrl("no connection".to_owned())),
+            Deployment::Single(_) => match &self.inner.single {
+                Some((_, manager)) => (self.identity(), Conn::Manager(manager.clone())),
+                None => return Err(StoreError::NoMaster(self.identity())),
             },
             Deployment::Sentinel { .. } => {
                 let (addr, client) = self.find_master().await?;
-                let manager =
-                    ConnectionManager::new_lazy_with_config(client, self.manager_config())?;
+                let manager = ConnectionManager::new_lazy_with_config(
+                    client,
+                    manager_config_of(self.inner.connect_timeout, self.inner.op_timeout),
+                )?;
                 (addr, Conn::Manager(manager))
             }
             Deployment::Cluster { seeds, node_url } => {
@@ -685,8 +686,8 @@ impl RedisConn {
     async fn pubsub_clients(&self) -> Result<Vec<(String, Client)>, StoreError> {
         match &self.inner.deployment {
             Deployment::Single(_) => match &self.inner.single {
-                Some(client) => Ok(vec![(self.identity(), client.clone())]),
-                None => Err(StoreError::BadUrl("no client".to_owned())),
+                Some((client, _)) => Ok(vec![(self.identity(), client.clone())]),
+                None => Err(StoreError::NoMaster(self.identity())),
             },
             Deployment::Sentinel { node_url, .. } => {
                 // The master the commands go to, asked anew: a subscription on one node and
@@ -748,6 +749,19 @@ impl RedisConn {
         let messages = futures_util::stream::select_all(streams).boxed();
         Ok(Subscription { messages, masters })
     }
+}
+
+/// Settings of a self-reconnecting command connection.
+fn manager_config(settings: &RedisSettings) -> redis::aio::ConnectionManagerConfig {
+    manager_config_of(settings.connect_timeout(), settings.op_timeout())
+}
+
+fn manager_config_of(connect: Duration, op: Duration) -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(connect))
+        .set_response_timeout(Some(op))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
 }
 
 /// How many replicas a `ROLE` reply of a master lists.
