@@ -178,7 +178,7 @@ pub struct ServeArgs {
     /// Prometheus /metrics, /healthz, /readyz listen address (default 127.0.0.1:9573; `off`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// Print the effective configuration and exit.
+    /// Print the effective configuration (Redis passwords as `***`) and exit.
     #[arg(long)]
     pub print_config: bool,
 }
@@ -294,7 +294,13 @@ pub async fn run(cli: Cli, config: Config) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Serve(args) => {
             if args.print_config {
-                write!(out, "{}", config.to_toml())?;
+                // Shown on terminals and in tickets: no Redis password.
+                let mut shown = config.clone();
+                shown.store = crate::store::redacted(&shown.store);
+                if !shown.redis.sentinel_password.is_empty() {
+                    shown.redis.sentinel_password = "***".into();
+                }
+                write!(out, "{}", shown.to_toml())?;
                 return Ok(ExitCode::SUCCESS);
             }
             drop(out);

@@ -337,6 +337,10 @@ mod tests {
             "redis://:***@h/0?protocol=resp3"
         );
         assert_eq!(redacted("rediss://pw@h"), "rediss://***@h");
+        assert_eq!(
+            redacted("redis+sentinel://cg:pw@s1:26379,s2:26379/mymaster/0"),
+            "redis+sentinel://cg:***@s1:26379,s2:26379/mymaster/0"
+        );
         assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
         assert_eq!(redacted("/var/lib/a@b.toml"), "/var/lib/a@b.toml");
     }

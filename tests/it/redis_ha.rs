@@ -55,6 +55,10 @@ fn acl_user_and_wrong_password() {
     let logs = server.drain_logs().join("\n");
     assert!(!logs.contains("s3cret"), "password in the log: {logs}");
 
+    let printed = cli_ok(&url, &["serve", "--print-config"]);
+    assert!(printed.contains("cg:***@127.0.0.1"), "{printed}");
+    assert!(!printed.contains("s3cret"), "{printed}");
+
     // The default user with `requirepass`, password only.
     let url = format!("redis://:adminpw@127.0.0.1:{}/0", redis.port);
     assert!(cli_ok(&url, &["list"]).contains("+74951234567"));
