@@ -379,17 +379,14 @@ async fn put_retrying(
     let give_up = tokio::time::Instant::now() + BAN_RETRY_FOR;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store.put(std::slice::from_ref(entry)).await {
+        let error = match store.put(std::slice::from_ref(entry)).await {
             Ok(()) => return Ok(()),
-            Err(error) if tokio::time::Instant::now() + backoff < give_up => {
-                debug!(rule = %entry.pattern, %error, retry_in = ?backoff, "flood: ban not stored yet");
-            }
+            Err(error) if tokio::time::Instant::now() + backoff < give_up => error,
             Err(error) => return Err(error),
-        }
+        };
+        debug!(rule = %entry.pattern, %error, retry_in = ?backoff, "flood: ban not stored yet");
         tokio::select! {
-            () = shutdown.cancelled() => {
-                return Err(crate::store::StoreError::Timeout(BAN_RETRY_FOR));
-            }
+            () = shutdown.cancelled() => return Err(error),
             () = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -86,7 +86,7 @@ impl RedisStore {
         self.conn.get().await
     }
 
-    /// Sentinel or Cluster: the masters holding data now (a change is a failover).
+    /// True for Sentinel and Cluster, whose masters can change (failover).
     pub fn is_replicated(&self) -> bool {
         self.conn.is_replicated()
     }
