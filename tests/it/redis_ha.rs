@@ -544,6 +544,45 @@ fn cluster_master_crash_under_load_loses_no_verdict_edit_or_ban() {
     }
 }
 
+/// Sentinel where the data nodes and the sentinels each require a password: the URL's
+/// credentials go to the master, `redis.sentinel_password` to the sentinels; a wrong sentinel
+/// password is a clear error; neither password is logged.
+#[test]
+fn sentinel_with_passwords_on_nodes_and_sentinels() {
+    let setup = SentinelSetup::start_full(None, Some(("data-pw", "sentinel-pw")));
+    let hosts: Vec<String> = setup.sentinels.iter().map(|s| s.addr()).collect();
+    let url = format!(
+        "redis+sentinel://:data-pw@{}/{MASTER_NAME}/0",
+        hosts.join(",")
+    );
+    let env = [("CALLGUARD_REDIS__SENTINEL_PASSWORD", "sentinel-pw")];
+    cli_env_ok(&url, &env, &["block", "+7 495 123-45-67"]);
+    let server = Server::start(&url, &env);
+    assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
+    cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
+    assert!(
+        within(Duration::from_secs(2), || {
+            agi_call(server.agi, "78123332211").verdict() == "block"
+        })
+        .is_some(),
+        "a CLI edit did not reach the server"
+    );
+    let logs = server.drain_logs().join("\n");
+    assert!(
+        !logs.contains("data-pw") && !logs.contains("sentinel-pw"),
+        "{logs}"
+    );
+    let out = cli_env(
+        &url,
+        &[("CALLGUARD_REDIS__SENTINEL_PASSWORD", "wrong")],
+        &["list"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("uthentication"), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("pw"), "{err}");
+}
+
 /// `rediss+sentinel://` and `rediss+cluster://`: sentinels, masters, replicas and cluster
 /// nodes on TLS only, trusted through `redis.tls_ca_file`; CLI edits reach the server.
 #[test]

@@ -168,6 +168,17 @@ impl Node {
     /// (sentinels rewrite theirs, so it must be writable); with `tls`, TLS only (replication
     /// and cluster bus too).
     pub fn start_conf(port: u16, conf: &str, sentinel: bool, tls: Option<&TlsFiles>) -> Node {
+        Node::start_conf_auth(port, conf, sentinel, tls, None)
+    }
+
+    /// [`Node::start_conf`] with `requirepass` (and `masterauth`) `password`.
+    pub fn start_conf_auth(
+        port: u16,
+        conf: &str,
+        sentinel: bool,
+        tls: Option<&TlsFiles>,
+        password: Option<&str>,
+    ) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("node.conf");
         let listen = match tls {
@@ -188,10 +199,17 @@ impl Node {
                 )
             }
         };
+        let auth = password.map_or_else(String::new, |p| {
+            if sentinel {
+                format!("requirepass {p}\n")
+            } else {
+                format!("requirepass {p}\nmasterauth {p}\n")
+            }
+        });
         std::fs::write(
             &path,
             format!(
-                "{listen}bind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\n{conf}",
+                "{listen}bind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\n{auth}{conf}",
                 dir.path().display()
             ),
         )
@@ -206,12 +224,11 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (tests/run.sh installs it)");
-        Node::wait(
-            child,
-            port,
-            tls.map(TlsFiles::cli_args).unwrap_or_default(),
-            dir,
-        )
+        let mut cli_args = tls.map(TlsFiles::cli_args).unwrap_or_default();
+        if let Some(p) = password {
+            cli_args.extend(["--no-auth-warning".into(), "-a".into(), p.to_owned()]);
+        }
+        Node::wait(child, port, cli_args, dir)
     }
 
     fn wait(child: Child, port: u16, cli_args: Vec<String>, dir: tempfile::TempDir) -> Node {
@@ -291,22 +308,36 @@ impl SentinelSetup {
 
     /// [`SentinelSetup::start`], every node and sentinel on TLS only when `tls`.
     pub fn start_with(tls: Option<&TlsFiles>) -> SentinelSetup {
-        let master = Node::start_conf(free_port(), "", false, tls);
-        let replica = Node::start_conf(
+        SentinelSetup::start_full(tls, None)
+    }
+
+    /// [`SentinelSetup::start_with`]; with `passwords` = (data nodes', sentinels'), each
+    /// requires its password (`requirepass`, `masterauth`, `sentinel auth-pass`,
+    /// `sentinel sentinel-pass`).
+    pub fn start_full(tls: Option<&TlsFiles>, passwords: Option<(&str, &str)>) -> SentinelSetup {
+        let data_pw = passwords.map(|p| p.0);
+        let master = Node::start_conf_auth(free_port(), "", false, tls, data_pw);
+        let replica = Node::start_conf_auth(
             free_port(),
             &format!("replicaof 127.0.0.1 {}\n", master.port),
             false,
             tls,
+            data_pw,
         );
-        let conf = format!(
+        let mut conf = format!(
             "sentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
              sentinel failover-timeout {MASTER_NAME} 5000\n\
              sentinel parallel-syncs {MASTER_NAME} 1\n",
             master.port
         );
+        if let Some((data, sentinel)) = passwords {
+            conf.push_str(&format!(
+                "sentinel auth-pass {MASTER_NAME} {data}\nsentinel sentinel-pass {sentinel}\n"
+            ));
+        }
         let sentinels: Vec<Node> = (0..3)
-            .map(|_| Node::start_conf(free_port(), &conf, true, tls))
+            .map(|_| Node::start_conf_auth(free_port(), &conf, true, tls, passwords.map(|p| p.1)))
             .collect();
         let setup = SentinelSetup {
             nodes: vec![master, replica],
