@@ -605,7 +605,7 @@ impl RedisStore {
             // The values right after their keys: Redis still has the entries the SCAN walked
             // in its caches (fetching them later, in hash order, costs it twice the time).
             let step = match step {
-                Ok((next, keys)) => match self.fetch_raw(&keys, with_ttl).await {
+                Ok((next, keys)) => match self.fetch_raw_on(&conn, &keys, with_ttl).await {
                     Ok(replies) => Ok((next, (keys, replies))),
                     Err(e) => Err(e),
                 },
@@ -700,6 +700,53 @@ impl RedisStore {
             }));
         }
         Ok(out)
+    }
+
+    /// [`RedisStore::fetch_raw`] for keys a SCAN on `node` returned. A cluster node holds
+    /// them in many slots, which no MGET may span, and splitting one MGET per slot costs a
+    /// request per key: a pipeline of GETs on the node itself is one round trip. A key that
+    /// moved meanwhile (MOVED) fails the load, which the sync retries.
+    async fn fetch_raw_on(
+        &self,
+        node: &Conn,
+        keys: &[String],
+        with_ttl: bool,
+    ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
+        if !self.conn.is_cluster() {
+            return self.fetch_raw(keys, with_ttl).await;
+        }
+        let rule_keys: Vec<&String> = keys
+            .iter()
+            .filter(|k| self.parse_key(k).is_some())
+            .collect();
+        if rule_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for key in &rule_keys {
+            pipe.get(*key);
+            if with_ttl {
+                pipe.pttl(*key);
+            }
+        }
+        let mut conn = node.clone();
+        let replies: Vec<redis::RedisResult<Value>> = self.run(pipe.query_async(&mut conn)).await?;
+        // A key of another type reads as missing (as MGET has it); anything else (MOVED
+        // while slots migrate, CLUSTERDOWN) fails the load rather than leave rules out.
+        if let Some(Err(e)) = replies
+            .iter()
+            .find(|r| r.as_ref().is_err_and(|e| e.code() != Some("WRONGTYPE")))
+        {
+            return Err(StoreError::Redis(e.clone()));
+        }
+        if with_ttl {
+            return Ok(replies);
+        }
+        Ok(replies
+            .into_iter()
+            .flat_map(|value| [value, Ok(Value::Int(-1))])
+            .collect())
     }
 
     /// Turns [`RedisStore::fetch_raw`] replies into entries; `None` for keys that are gone, are

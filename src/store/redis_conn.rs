@@ -354,6 +354,11 @@ impl RedisConn {
             .set_response_timeout(Some(self.inner.op_timeout))
     }
 
+    /// True for a Cluster: one keyspace per master, multi-key commands within one slot only.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.inner.deployment, Deployment::Cluster { .. })
+    }
+
     /// True for Sentinel and Cluster, whose masters can change (failover).
     pub fn is_replicated(&self) -> bool {
         !matches!(self.inner.deployment, Deployment::Single(_))
@@ -594,7 +599,9 @@ impl RedisConn {
                 let nodes: String = self
                     .run(redis::cmd("CLUSTER").arg("NODES").query_async(&mut conn))
                     .await?;
-                Ok(cluster_masters(&nodes))
+                cluster_masters(&nodes).ok_or_else(|| {
+                    StoreError::NoMaster("some cluster slots (failover in progress)".to_owned())
+                })
             }
         }
     }
@@ -788,27 +795,47 @@ async fn timed<T>(
     }
 }
 
-/// The masters that own slots in a `CLUSTER NODES` reply, as `host:port`, sorted.
-fn cluster_masters(nodes: &str) -> Vec<String> {
-    let mut out: Vec<String> = nodes
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let addr = fields.get(1)?;
-            let flags = fields.get(2)?;
-            let is_master = flags.split(',').any(|f| f == "master")
-                && !flags.split(',').any(|f| f == "fail" || f == "noaddr");
-            // Fields 8.. are slot ranges; a master without slots holds no data.
-            if !is_master || fields.len() <= 8 {
-                return None;
+/// Slots of a Redis Cluster.
+const SLOTS: usize = 16384;
+
+/// The masters that own slots in a `CLUSTER NODES` reply, as `host:port`, sorted; `None`
+/// unless together they own every slot (mid-failover a failed master's slots have no owner
+/// yet, and a load from the others would miss their keys).
+fn cluster_masters(nodes: &str) -> Option<Vec<String>> {
+    let mut owned = vec![false; SLOTS];
+    let mut out = Vec::new();
+    for line in nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
+            continue;
+        };
+        let flags: Vec<&str> = flags.split(',').collect();
+        if !flags.contains(&"master") || flags.contains(&"fail") || flags.contains(&"noaddr") {
+            continue;
+        }
+        // Fields 8.. are slots and ranges (`0-5460`, `5461`; `[...]` = migrating, skipped).
+        let mut any = false;
+        for range in fields.iter().skip(8).filter(|f| !f.starts_with('[')) {
+            let (from, to) = range.split_once('-').unwrap_or((range, range));
+            let (Ok(from), Ok(to)) = (from.parse::<usize>(), to.parse::<usize>()) else {
+                continue;
+            };
+            for slot in owned
+                .iter_mut()
+                .take(to.saturating_add(1).min(SLOTS))
+                .skip(from)
+            {
+                *slot = true;
+                any = true;
             }
-            // `ip:port@cport[,hostname]`
-            let host_port = addr.split(['@', ',']).next()?;
-            Some(host_port.to_owned())
-        })
-        .collect();
+        }
+        // `ip:port@cport[,hostname]`; a master without slots holds no data.
+        if any && let Some(host_port) = addr.split(['@', ',']).next() {
+            out.push(host_port.to_owned());
+        }
+    }
     out.sort();
-    out
+    owned.iter().all(|&o| o).then_some(out)
 }
 
 /// A client for one node's URL, with the configured TLS material for `rediss://`.
@@ -913,8 +940,14 @@ d4 127.0.0.1:7004@17004,node4 slave b2 0 0 2 connected
 e5 127.0.0.1:7005@17005 master - 0 0 4 connected 10923-16383
 ";
         assert_eq!(
-            cluster_masters(nodes),
+            cluster_masters(nodes).unwrap_or_default(),
             ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7005"]
         );
+        // The failed master's slots not yet taken over: no complete set of masters.
+        let midway = nodes.replace(
+            "e5 127.0.0.1:7005@17005 master",
+            "e5 127.0.0.1:7005@17005 slave",
+        );
+        assert_eq!(cluster_masters(&midway), None);
     }
 }

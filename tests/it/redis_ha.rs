@@ -220,7 +220,13 @@ fn cluster_loads_every_master_and_follows_edits_on_each() {
         .map(|n| n.cli(&["DBSIZE"]).parse().unwrap_or(0))
         .collect();
     assert!(per_node.iter().all(|&n| n > 0), "{per_node:?}");
+    // A key of another type is skipped, as on a single server.
+    assert_eq!(
+        cluster.cli(&["HSET", "callguard:block:+79001112233", "f", "v"]),
+        "1"
+    );
     let server = Server::start(&url, &[]);
+    assert_eq!(agi_call(server.agi, "89001112233").verdict(), "allow");
     for n in &numbers {
         assert_eq!(agi_call(server.agi, n).verdict(), "block", "{n}");
     }
