@@ -805,45 +805,54 @@ impl RedisStore {
     }
 
     /// Turns on the keyspace notifications callguard needs (`K$gx`), keeping whatever flags the
-    /// server already has. Returns false when the server does not allow CONFIG (managed Redis,
-    /// ACLs): the caller then falls back to periodic resync.
-    pub async fn enable_keyspace_notifications(&self) -> bool {
-        let Ok(nodes) = self.nodes().await else {
-            return false;
-        };
+    /// server already has. Ok(false) when the server refuses CONFIG (managed Redis, ACLs): the
+    /// caller then falls back to periodic resync. An unreachable server (or, mid-failover, a
+    /// master) is an error, not a refusal: the caller retries rather than poll for good.
+    pub async fn enable_keyspace_notifications(&self) -> Result<bool, StoreError> {
         // Notifications stay on the node that holds the key: every master needs them.
-        for conn in nodes {
-            if !self.enable_keyspace_notifications_on(conn).await {
-                return false;
+        for conn in self.nodes().await? {
+            if !self.enable_keyspace_notifications_on(conn).await? {
+                return Ok(false);
             }
         }
-        true
+        Ok(true)
     }
 
-    async fn enable_keyspace_notifications_on(&self, mut conn: Conn) -> bool {
-        let current: Result<Vec<String>, _> = self
+    async fn enable_keyspace_notifications_on(&self, mut conn: Conn) -> Result<bool, StoreError> {
+        // A reply with an error code (NOPERM, ERR unknown command...) is a refusal.
+        let refused = |e: &StoreError| matches!(e, StoreError::Redis(r) if r.code().is_some());
+        let current: Vec<String> = match self
             .run(
                 redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("notify-keyspace-events")
                     .query_async(&mut conn),
             )
-            .await;
-        let Ok(current) = current else { return false };
+            .await
+        {
+            Ok(current) => current,
+            Err(e) if refused(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let flags = current.get(1).cloned().unwrap_or_default();
         let merged = merge_notify_flags(&flags);
         if merged == flags {
-            return true;
+            return Ok(true);
         }
-        self.run(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(&merged)
-                .query_async::<()>(&mut conn),
-        )
-        .await
-        .is_ok()
+        match self
+            .run(
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("notify-keyspace-events")
+                    .arg(&merged)
+                    .query_async::<()>(&mut conn),
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if refused(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The channel nodes share flood counts on, `<prefix>:flood`.

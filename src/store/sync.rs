@@ -320,7 +320,7 @@ async fn redis_session(
 ) -> Result<std::convert::Infallible, StoreError> {
     store.refresh();
     let notifications =
-        options.configure_notifications && store.enable_keyspace_notifications().await;
+        options.configure_notifications && store.enable_keyspace_notifications().await?;
     // Subscribe before loading, so no change between the load and the subscription is missed.
     let mut messages = store.subscribe(notifications).await?;
     let masters = messages.masters.clone();

@@ -59,6 +59,44 @@ fn acl_user_and_wrong_password() {
     assert!(printed.contains("cg:***@127.0.0.1"), "{printed}");
     assert!(!printed.contains("s3cret"), "{printed}");
 
+    // A user without CONFIG rights: no keyspace notifications, hand edits arrive by polling.
+    assert_eq!(
+        redis.cmd(&[
+            "ACL",
+            "SETUSER",
+            "nocfg",
+            "on",
+            ">pw2",
+            "~callguard:*",
+            "&*",
+            "+@all",
+            "-config"
+        ]),
+        "+OK"
+    );
+    let limited = Server::start(
+        &format!("redis://nocfg:pw2@127.0.0.1:{}/0", redis.port),
+        &[],
+    );
+    assert_eq!(
+        redis.cmd(&["SET", "callguard:block:8 (383) 111-22-33", "hand"]),
+        "+OK"
+    );
+    assert!(
+        within(Duration::from_secs(3), || {
+            agi_call(limited.agi, "73831112233").verdict() == "block"
+        })
+        .is_some(),
+        "a hand edit did not reach a server without CONFIG rights"
+    );
+    assert!(
+        limited
+            .drain_logs()
+            .iter()
+            .any(|l| l.contains("notifications=false")),
+        "CONFIG refused must mean polling"
+    );
+
     // The default user with `requirepass`, password only.
     let url = format!("redis://:adminpw@127.0.0.1:{}/0", redis.port);
     assert!(cli_ok(&url, &["list"]).contains("+74951234567"));
