@@ -353,7 +353,7 @@ async fn writer(
         entry.added_by = Some(DETECTOR.to_owned());
         entry.added_at = Some(now);
         entry.expires_at = Some(now + ban.duration);
-        match store.put(std::slice::from_ref(&entry)).await {
+        match put_retrying(&store, &entry, &shutdown).await {
             Ok(()) => warn!(
                 rule = %entry.pattern,
                 detector = ban.detector.as_str(),
@@ -363,6 +363,33 @@ async fn writer(
             ),
             Err(error) => warn!(rule = %entry.pattern, %error, "flood: ban not stored"),
         }
+    }
+}
+
+/// How long a ban is retried while the store is unreachable (a Redis failover takes seconds);
+/// bans detected meanwhile wait in the queue.
+const BAN_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Stores a ban, retrying with backoff for up to [`BAN_RETRY_FOR`] (or until shutdown).
+async fn put_retrying(
+    store: &Store,
+    entry: &Entry,
+    shutdown: &CancellationToken,
+) -> Result<(), crate::store::StoreError> {
+    let give_up = tokio::time::Instant::now() + BAN_RETRY_FOR;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let error = match store.put(std::slice::from_ref(entry)).await {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() + backoff < give_up => error,
+            Err(error) => return Err(error),
+        };
+        debug!(rule = %entry.pattern, %error, retry_in = ?backoff, "flood: ban not stored yet");
+        tokio::select! {
+            () = shutdown.cancelled() => return Err(error),
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

@@ -256,7 +256,7 @@ pub struct ServeArgs {
     /// Prometheus /metrics, /healthz, /readyz listen address (default 127.0.0.1:9573; `off`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// Print the effective configuration and exit.
+    /// Print the effective configuration (Redis passwords as `***`) and exit.
     #[arg(long)]
     pub print_config: bool,
     /// Check the configuration (file, environment, flags) and exit: 0 and a summary when it
@@ -390,7 +390,13 @@ pub async fn run(
     match cli.command {
         Command::Serve(args) => {
             if args.print_config {
-                write!(out, "{}", config.to_toml())?;
+                // Shown on terminals and in tickets: no Redis password.
+                let mut shown = config.clone();
+                shown.store = crate::store::redacted(&shown.store);
+                if !shown.redis.sentinel_password.is_empty() {
+                    shown.redis.sentinel_password = "***".into();
+                }
+                write!(out, "{}", shown.to_toml())?;
                 return Ok(ExitCode::SUCCESS);
             }
             if args.check_config {
@@ -1026,7 +1032,7 @@ fn config_summary(config: &Config, file: Option<&std::path::Path>) -> String {
          esl:      {} (allow_from: {})\n\
          metrics:  {} (allow_from: {})\n\
          fail:     {} after {} ms without a list\n",
-        redact_url(&config.store),
+        crate::store::redacted(&config.store),
         config.agi.listen,
         config.agi.allow_from.join(", "),
         off(config.esl.listen_addr()),
@@ -1036,26 +1042,4 @@ fn config_summary(config: &Config, file: Option<&std::path::Path>) -> String {
         config.fail_policy.as_str(),
         config.decision_budget_ms,
     )
-}
-
-/// A store URL with any password replaced by `***`, for printing.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let userinfo = &rest[..at];
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:***")
-            } else {
-                // `redis://secret@host`: a bare password.
-                "***".to_owned()
-            };
-            format!("{scheme}://{masked}{}", &rest[at..])
-        }
-        None => url.to_owned(),
-    }
 }

@@ -584,6 +584,20 @@ pub struct RedisSettings {
     pub snapshot_file: String,
     /// Shortest time between two writes of the snapshot file, in ms.
     pub snapshot_file_interval_ms: u64,
+    /// `rediss://`: CA certificate(s) (PEM) the server's certificate must chain to, instead of
+    /// the system's; empty = system roots.
+    pub tls_ca_file: String,
+    /// `rediss://` with client certificates (mutual TLS): certificate chain (PEM); empty = none.
+    pub tls_cert_file: String,
+    /// The client certificate's private key (PEM); set with `tls_cert_file`.
+    pub tls_key_file: String,
+    /// `redis+sentinel://`: user for the sentinels themselves (the URL's is the master's).
+    pub sentinel_username: String,
+    /// `redis+sentinel://`: password for the sentinels; empty = none.
+    pub sentinel_password: String,
+    /// Sentinel and Cluster: how often the sync asks which nodes are masters, in ms; a change
+    /// (failover) makes it reconnect, resubscribe and reload.
+    pub topology_check_interval_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -599,6 +613,12 @@ impl Default for RedisSettings {
             spelling_scan_max_keys: 200_000,
             snapshot_file: String::new(),
             snapshot_file_interval_ms: 300_000,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            sentinel_username: String::new(),
+            sentinel_password: String::new(),
+            topology_check_interval_ms: 1_000,
         }
     }
 }
@@ -611,6 +631,10 @@ impl RedisSettings {
     /// Per-operation timeout.
     pub fn op_timeout(&self) -> Duration {
         Duration::from_millis(self.op_timeout_ms)
+    }
+    /// How often Sentinel/Cluster masters are checked.
+    pub fn topology_check_interval(&self) -> Duration {
+        Duration::from_millis(self.topology_check_interval_ms.max(100))
     }
 }
 
@@ -948,10 +972,9 @@ impl Config {
         };
         match self.store_location() {
             StoreLocation::Redis(url) => {
-                if url.starts_with("redis://") || url.starts_with("rediss://") {
-                    redis::Client::open(url.as_str())
-                        .map_err(|e| invalid(format!("not a usable Redis URL: {e}")))?;
-                }
+                // Parses the URL, the TLS files and the deployment kind; connects to nothing.
+                crate::store::redis_conn::RedisConn::new(&url, &self.redis)
+                    .map_err(|e| invalid(format!("not a usable Redis store: {e}")))?;
             }
             StoreLocation::Local(path) => {
                 let dir = path

@@ -68,10 +68,7 @@ pub async fn run(
         .map_or(0, |d| d.as_secs() % 1000);
     let base = 3_000_000_000u64 + run_offset * 100_000;
     let mut redis_conn = match store {
-        Store::Redis(r) => Some((
-            r.client().get_multiplexed_async_connection().await?,
-            r.as_ref().clone(),
-        )),
+        Store::Redis(r) => Some((r.command_conn().await?, r.as_ref().clone())),
         Store::Local(_) => None,
     };
     for i in 0..edits {

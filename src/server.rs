@@ -194,7 +194,7 @@ pub async fn serve_with_reload(
         agi = %agi_local,
         esl = %esl_shown,
         metrics = %metrics_shown,
-        store = %config.store,
+        store = %crate::store::redacted(&config.store),
         "callguard listening"
     );
     // Its own token: /metrics and /readyz keep answering while calls drain.

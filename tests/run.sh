@@ -4,12 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    echo "tests/run.sh: installing redis-server (the integration tests start their own on a free port)"
+# redis-server (and redis-cli) for the servers, sentinels and clusters the integration tests
+# start on free ports; openssl for the throwaway CA and certificates of the TLS tests.
+MISSING=""
+command -v redis-server >/dev/null 2>&1 || MISSING="$MISSING redis-server"
+command -v redis-cli >/dev/null 2>&1 || MISSING="$MISSING redis-tools"
+command -v openssl >/dev/null 2>&1 || MISSING="$MISSING openssl"
+if [ -n "$MISSING" ]; then
+    echo "tests/run.sh: installing$MISSING"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null
 fi
 
 cargo fmt --all -- --check

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod local;
 pub mod redis;
+pub mod redis_conn;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -32,6 +33,20 @@ pub enum StoreError {
     /// A Redis operation took longer than the configured budget.
     #[error("redis: no answer within {0:?}")]
     Timeout(Duration),
+    /// The store URL or its TLS settings cannot be used.
+    #[error("redis: {0}")]
+    BadUrl(String),
+    /// No sentinel named a reachable master of this name (or the cluster has none).
+    #[error("redis: no master for {0:?} reachable")]
+    NoMaster(String),
+    /// The master changed (a failover): the sync reconnects and reloads.
+    #[error("redis: the master moved ({from} -> {to}); reconnecting")]
+    Failover {
+        /// Masters before.
+        from: String,
+        /// Masters now.
+        to: String,
+    },
     /// The local list file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -54,7 +69,8 @@ pub enum StoreError {
 /// Where the lists are kept, parsed from `--store` / `store =`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreLocation {
-    /// A Redis server URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`).
+    /// A Redis URL (`redis://`, `rediss://`, `redis+unix://`, `unix://`, Sentinel
+    /// `redis+sentinel://`/`rediss+sentinel://`, Cluster `redis+cluster://`/`rediss+cluster://`).
     Redis(String),
     /// The embedded store: a TOML file a person can read and edit.
     Local(PathBuf),
@@ -63,13 +79,42 @@ pub enum StoreLocation {
 impl StoreLocation {
     /// A `redis`-scheme URL selects Redis; anything else is a path for the embedded store.
     pub fn parse(text: &str) -> StoreLocation {
-        const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        const REDIS_SCHEMES: [&str; 8] = [
+            "redis://",
+            "rediss://",
+            "redis+unix://",
+            "unix://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
         if REDIS_SCHEMES.iter().any(|s| text.starts_with(s)) {
             StoreLocation::Redis(text.to_owned())
         } else {
             StoreLocation::Local(PathBuf::from(text))
         }
     }
+}
+
+/// `text` with the password of a store URL (`redis://user:pass@host/...`) replaced by `***`,
+/// for logs; paths and URLs without one come back unchanged.
+pub fn redacted(text: &str) -> String {
+    let Some((scheme, rest)) = text.split_once("://") else {
+        return text.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, hosts)) = authority.rsplit_once('@') else {
+        return text.to_owned();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // `redis://secret@host`: the crate reads a lone userinfo as the password.
+        None if !userinfo.is_empty() => "***".to_owned(),
+        None => String::new(),
+    };
+    format!("{scheme}://{user}@{hosts}{tail}")
 }
 
 /// An open store.
@@ -288,6 +333,25 @@ mod tests {
             StoreLocation::parse("/var/lib/callguard/lists.toml"),
             StoreLocation::Local("/var/lib/callguard/lists.toml".into())
         );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://cg:s3cr@t@10.0.0.1:6380/2"),
+            "redis://cg:***@10.0.0.1:6380/2"
+        );
+        assert_eq!(
+            redacted("redis://:pw@h/0?protocol=resp3"),
+            "redis://:***@h/0?protocol=resp3"
+        );
+        assert_eq!(redacted("rediss://pw@h"), "rediss://***@h");
+        assert_eq!(
+            redacted("redis+sentinel://cg:pw@s1:26379,s2:26379/mymaster/0"),
+            "redis+sentinel://cg:***@s1:26379,s2:26379/mymaster/0"
+        );
+        assert_eq!(redacted("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redacted("/var/lib/a@b.toml"), "/var/lib/a@b.toml");
     }
 
     #[test]

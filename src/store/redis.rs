@@ -15,13 +15,13 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionManager;
-use redis::{Client, Value};
+use redis::{Cmd, Value};
 use tokio::time::timeout;
 
 use futures_util::StreamExt;
 use tracing::warn;
 
+use super::redis_conn::{Batch, Conn, RedisConn, Subscription};
 use super::{EntryMeta, StoreError, entry_from_parts};
 use crate::config::RedisSettings;
 use crate::number::{CallerNumber, Normalizer};
@@ -34,17 +34,18 @@ const LOAD_BATCH: usize = 5000;
 /// Keys from one SCAN step with their `fetch_raw` replies.
 type ScanBatch = (Vec<String>, Vec<redis::RedisResult<Value>>);
 
-/// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection).
+/// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection to
+/// the server, the Sentinel master or the Cluster).
 #[derive(Clone)]
 pub struct RedisStore {
-    client: Client,
-    conn: ConnectionManager,
+    conn: RedisConn,
     prefix: String,
     normalizer: Normalizer,
     op_timeout: Duration,
     // Largest keyspace (DBSIZE) on which `put`/`remove` also SCAN for hand-typed spellings no
     // server has recorded yet; above it they trust the alias sets the servers keep.
     spelling_scan_max_keys: u64,
+    topology_check_interval: std::time::Duration,
 }
 
 impl RedisStore {
@@ -55,20 +56,13 @@ impl RedisStore {
         settings: &RedisSettings,
         normalizer: Normalizer,
     ) -> Result<RedisStore, StoreError> {
-        let client = Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.connect_timeout()))
-            .set_response_timeout(Some(settings.op_timeout()))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         Ok(RedisStore {
-            client,
-            conn,
+            conn: RedisConn::new(url, settings)?,
             prefix: settings.key_prefix.clone(),
             normalizer,
             op_timeout: settings.op_timeout(),
             spelling_scan_max_keys: settings.spelling_scan_max_keys,
+            topology_check_interval: settings.topology_check_interval(),
         })
     }
 
@@ -77,15 +71,61 @@ impl RedisStore {
         &self.normalizer
     }
 
-    /// Names this store (server, database, key prefix) for the snapshot file.
+    /// Names this store (server, database, key prefix) for the snapshot file; no credentials.
     pub fn identity(&self) -> String {
-        let info = self.client.get_connection_info();
-        format!("{:?} db{} {}", info.addr(), self.db(), self.prefix)
+        format!("{} db{} {}", self.conn.identity(), self.db(), self.prefix)
     }
 
     /// Database number selected by the URL (for keyspace channel names).
     pub fn db(&self) -> i64 {
-        self.client.get_connection_info().redis_settings().db()
+        self.conn.db()
+    }
+
+    /// A connection for commands (the server, the current master, or the cluster).
+    pub async fn command_conn(&self) -> Result<Conn, StoreError> {
+        self.conn.get().await
+    }
+
+    /// True for Sentinel and Cluster, whose masters can change (failover).
+    pub fn is_replicated(&self) -> bool {
+        self.conn.is_replicated()
+    }
+
+    /// The masters holding data now, sorted.
+    pub async fn masters(&self) -> Result<Vec<String>, StoreError> {
+        let result = self.conn.masters().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
+    }
+
+    /// Sentinel: the next command asks the sentinels for the master again (a new sync session
+    /// starts with this, so it never reads from a demoted master).
+    pub fn refresh(&self) {
+        self.conn.failed();
+    }
+
+    /// How often the sync compares [`RedisStore::masters`] with the ones it subscribed to.
+    pub fn topology_check_interval(&self) -> std::time::Duration {
+        self.topology_check_interval
+    }
+
+    /// Subscribes to the changes channel and, when `keyspace`, to keyspace notifications on
+    /// every master.
+    pub async fn subscribe(&self, keyspace: bool) -> Result<Subscription, StoreError> {
+        let pattern = self.keyspace_pattern();
+        let result = self
+            .conn
+            .subscribe(
+                &self.changes_channel(),
+                keyspace.then_some(pattern.as_str()),
+            )
+            .await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
     }
 
     /// Key for `rule_text` on `tenant`'s (or the global) `list`.
@@ -135,19 +175,28 @@ impl RedisStore {
         channel.split_once("__:").map(|(_, key)| key)
     }
 
-    /// The client, for opening a pub/sub connection.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
     async fn run<T>(
         &self,
         what: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match timeout(self.op_timeout, what).await {
-            Ok(result) => Ok(result?),
+        let result = match timeout(self.op_timeout, what).await {
+            Ok(result) => result.map_err(StoreError::from),
             Err(_elapsed) => Err(StoreError::Timeout(self.op_timeout)),
+        };
+        if result.is_err() {
+            // With Sentinel the master may have moved: the next command asks again.
+            self.conn.failed();
         }
+        result
+    }
+
+    /// The command connection; a failure to get one counts as a failed command.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let result = self.conn.get().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
     }
 
     /// Adds or replaces entries: every other spelling of the same number on the same list is
@@ -166,12 +215,16 @@ impl RedisStore {
                 .into_iter()
                 .filter(|k| *k != canonical)
                 .collect();
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            self.queue_write(&mut pipe, entry, &canonical, &stale, now)?;
-            let mut conn = self.conn.clone();
-            self.run(pipe.query_async::<()>(&mut conn)).await?;
+            // One transaction on a single server. A cluster cannot span slots: there the new
+            // key is written first and the other spellings deleted after, so a server reading
+            // in between sees the rule (under one spelling or two), never no rule.
+            let mut batch = Batch::new();
+            batch.atomic();
+            self.queue_writes(&mut batch, &[(entry, &canonical, &stale)], now)?;
+            let mut conn = self.conn().await?;
+            self.run(batch.query::<()>(&mut conn)).await?;
         }
+        self.wait_for_replica().await;
         Ok(())
     }
 
@@ -188,70 +241,76 @@ impl RedisStore {
             .map(|e| self.key(e.tenant.as_ref(), e.list, &e.pattern.to_string()))
             .collect();
         let stale = self.stale_spellings(&canonical).await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (entry, key) in entries.iter().zip(&canonical) {
-            let old = stale.get(key).map_or(&[][..], Vec::as_slice);
-            self.queue_write(&mut pipe, entry, key, old, now)?;
-        }
+        let writes: Vec<(&Entry, &String, &[String])> = entries
+            .iter()
+            .zip(&canonical)
+            .map(|(entry, key)| (entry, key, stale.get(key).map_or(&[][..], Vec::as_slice)))
+            .collect();
+        let mut batch = Batch::new();
+        batch.atomic();
+        self.queue_writes(&mut batch, &writes, now)?;
         // A transaction of a hundred thousand writes takes Redis a while: its own connection,
         // with a budget that grows with it (the shared one would time out and report a failure
         // for a transaction Redis then applies).
         let budget = self.op_timeout + Duration::from_millis(entries.len() as u64 / 10);
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.op_timeout))
-            .set_response_timeout(Some(budget));
-        let mut conn = self
-            .run(
-                self.client
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
-            .await?;
-        match timeout(budget, pipe.query_async::<()>(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_elapsed) => Err(StoreError::Timeout(budget)),
+        let mut conn = self.conn.long_conn(budget).await?;
+        match timeout(budget, batch.query::<()>(&mut conn)).await {
+            Ok(result) => result?,
+            Err(_elapsed) => return Err(StoreError::Timeout(budget)),
         }
+        self.wait_for_replica().await;
+        Ok(())
     }
 
-    /// Queues the write of `entry` under its canonical key: the other spellings `stale` and
-    /// the alias set deleted, the value set with the entry's TTL, every key announced.
-    fn queue_write(
+    /// Queues the writes of entries under their canonical keys, in three stages so that a
+    /// cluster (command by command) never shows a rule missing: every value with its TTL, then
+    /// the other spellings and alias sets deleted, then every key announced.
+    fn queue_writes<K: AsRef<str>>(
         &self,
-        pipe: &mut redis::Pipeline,
-        entry: &Entry,
-        canonical: &str,
-        stale: &[String],
+        batch: &mut Batch,
+        writes: &[(&Entry, K, &[String])],
         now: SystemTime,
     ) -> Result<(), StoreError> {
-        let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
-            StoreError::Redis(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "cannot encode entry",
-                e.to_string(),
-            )))
-        })?;
-        for key in stale {
-            pipe.del(key).ignore();
-        }
-        // Every other spelling is gone now.
-        pipe.del(self.alias_key(canonical)).ignore();
-        match entry.expires_at {
-            Some(at) => {
-                // An expiry already in the past still writes a 1 ms key, so the effect is a delete.
-                let ms = at
-                    .duration_since(now)
-                    .unwrap_or_default()
-                    .as_millis()
-                    .max(1);
-                let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-                pipe.pset_ex(canonical, &value, ms).ignore();
+        for (entry, canonical, _) in writes {
+            let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
+                StoreError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cannot encode entry",
+                    e.to_string(),
+                )))
+            })?;
+            let canonical = canonical.as_ref();
+            match entry.expires_at {
+                Some(at) => {
+                    // An expiry already in the past still writes a 1 ms key, so the effect is
+                    // a delete.
+                    let ms = at
+                        .duration_since(now)
+                        .unwrap_or_default()
+                        .as_millis()
+                        .max(1);
+                    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+                    batch.add_ignored(Cmd::pset_ex(canonical, &value, ms));
+                }
+                None => {
+                    batch.add_ignored(Cmd::set(canonical, &value));
+                }
             }
-            None => {
-                pipe.set(canonical, &value).ignore();
-            }
         }
-        for key in stale.iter().map(String::as_str).chain([canonical]) {
-            pipe.publish(self.changes_channel(), key).ignore();
+        batch.then();
+        for (_, canonical, stale) in writes {
+            for key in *stale {
+                batch.add_ignored(Cmd::del(key));
+            }
+            // Every other spelling is gone now.
+            batch.add_ignored(Cmd::del(self.alias_key(canonical.as_ref())));
+        }
+        // Announced once written (a cluster sends each stage in turn).
+        batch.then();
+        for (_, canonical, stale) in writes {
+            for key in stale.iter().map(String::as_str).chain([canonical.as_ref()]) {
+                batch.add_ignored(Cmd::publish(self.changes_channel(), key));
+            }
         }
         Ok(())
     }
@@ -263,7 +322,8 @@ impl RedisStore {
     ) -> Result<HashMap<String, Vec<String>>, StoreError> {
         let wanted: std::collections::HashSet<&str> =
             canonical.iter().map(String::as_str).collect();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
+        // DBSIZE on a cluster is the sum over its masters.
         let dbsize: u64 = self
             .run(redis::cmd("DBSIZE").query_async(&mut conn))
             .await?;
@@ -273,12 +333,12 @@ impl RedisStore {
                 .scan(&format!("{}:*", glob_escape(&self.prefix)))
                 .await?;
         } else {
-            for batch in canonical.chunks(BATCH) {
-                let mut pipe = redis::pipe();
-                for key in batch {
-                    pipe.smembers(self.alias_key(key));
+            for chunk in canonical.chunks(BATCH) {
+                let mut batch = Batch::new();
+                for key in chunk {
+                    batch.add(Cmd::smembers(self.alias_key(key)));
                 }
-                let members: Vec<Vec<String>> = self.run(pipe.query_async(&mut conn)).await?;
+                let members: Vec<Vec<String>> = self.run(batch.query(&mut conn)).await?;
                 candidates.extend(members.into_iter().flatten());
             }
         }
@@ -292,6 +352,25 @@ impl RedisStore {
             }
         }
         Ok(stale)
+    }
+
+    /// Sentinel and Cluster: waits (up to a second) until a replica of each master has the
+    /// writes, so an acknowledged edit survives the master's crash and the failover that
+    /// follows. Best effort: a master whose replicas lag keeps the edit alone (logged).
+    async fn wait_for_replica(&self) {
+        if !self.conn.is_replicated() {
+            return;
+        }
+        let wait = self.op_timeout.min(Duration::from_secs(1));
+        match self.conn.wait_for_replicas(wait).await {
+            Ok(lagging) if lagging.is_empty() => {}
+            Ok(lagging) => warn!(
+                masters = %lagging.join(","),
+                waited = ?wait,
+                "edit written to the master, not yet on a replica"
+            ),
+            Err(error) => warn!(%error, "edit written; replica acknowledgement unknown"),
+        }
     }
 
     /// Removes every spelling of each rule from `tenant`'s `list`; returns how many were present.
@@ -308,18 +387,20 @@ impl RedisStore {
             if !keys.contains(&canonical) {
                 keys.push(canonical.clone());
             }
-            let mut pipe = redis::pipe();
-            pipe.del(&keys);
-            pipe.del(self.alias_key(&canonical)).ignore();
+            let mut batch = Batch::new();
+            batch.add(Cmd::del(&keys));
+            batch.add_ignored(Cmd::del(self.alias_key(&canonical)));
+            batch.then();
             for key in &keys {
-                pipe.publish(self.changes_channel(), key).ignore();
+                batch.add_ignored(Cmd::publish(self.changes_channel(), key));
             }
-            let mut conn = self.conn.clone();
-            let (deleted,): (usize,) = self.run(pipe.query_async(&mut conn)).await?;
+            let mut conn = self.conn().await?;
+            let (deleted,): (usize,) = self.run(batch.query(&mut conn)).await?;
             if deleted > 0 {
                 removed += 1;
             }
         }
+        self.wait_for_replica().await;
         Ok(removed)
     }
 
@@ -334,15 +415,13 @@ impl RedisStore {
         pattern: &RulePattern,
     ) -> Result<Vec<String>, StoreError> {
         let canonical = self.key(tenant, list, &pattern.to_string());
-        let mut conn = self.conn.clone();
-        let (members, dbsize): (Vec<String>, u64) = self
-            .run(
-                redis::pipe()
-                    .smembers(self.alias_key(&canonical))
-                    .cmd("DBSIZE")
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut conn = self.conn().await?;
+        let mut batch = Batch::new();
+        // DBSIZE on a cluster is the sum over its masters.
+        batch
+            .add(Cmd::smembers(self.alias_key(&canonical)))
+            .add(redis::cmd("DBSIZE"));
+        let (members, dbsize): (Vec<String>, u64) = self.run(batch.query(&mut conn)).await?;
         let mut candidates = members;
         candidates.push(canonical);
         if dbsize <= self.spelling_scan_max_keys {
@@ -418,12 +497,12 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let canonicals: Vec<String> = rules.keys().cloned().collect();
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new();
         for c in &canonicals {
-            pipe.smembers(self.alias_key(c));
+            batch.add(Cmd::smembers(self.alias_key(c)));
         }
-        let mut conn = self.conn.clone();
-        let members: Vec<Vec<String>> = self.run(pipe.query_async(&mut conn)).await?;
+        let mut conn = self.conn().await?;
+        let members: Vec<Vec<String>> = self.run(batch.query(&mut conn)).await?;
         for (c, m) in canonicals.iter().zip(members) {
             if let Some(spot) = rules.get_mut(c) {
                 spot.1.extend(m);
@@ -443,19 +522,17 @@ impl RedisStore {
                 }
             }
         }
-        let mut aliases = redis::pipe();
-        let mut any_alias = false;
+        let mut aliases = Batch::new();
         let mut out = Vec::with_capacity(rules.len());
         for (canonical, (rule, keys)) in rules {
             let mut merged: Option<Entry> = None;
             for key in &keys {
                 let entry = found.remove(key);
                 if *key != canonical {
-                    any_alias = true;
                     let alias = self.alias_key(&canonical);
                     match entry {
-                        Some(_) => aliases.sadd(alias, key).ignore(),
-                        None => aliases.srem(alias, key).ignore(),
+                        Some(_) => aliases.add_ignored(Cmd::sadd(alias, key)),
+                        None => aliases.add_ignored(Cmd::srem(alias, key)),
                     };
                 }
                 if let Some(e) = entry
@@ -467,17 +544,38 @@ impl RedisStore {
             out.push((rule, merged));
         }
         // An empty pipeline is an error in the client, not a no-op.
-        if any_alias {
-            self.run(aliases.query_async::<()>(&mut conn)).await?;
+        if !aliases.is_empty() {
+            self.run(aliases.query::<()>(&mut conn)).await?;
         }
         Ok(out)
     }
 
-    /// Every key matching the glob `pattern` (SCAN, so the server is never blocked).
+    /// Every key matching the glob `pattern` (SCAN, so the server is never blocked; on each
+    /// master of a cluster).
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut cursor: u64 = 0;
         let mut keys = Vec::new();
+        for conn in self.nodes().await? {
+            self.scan_node(conn, pattern, &mut keys).await?;
+        }
+        Ok(keys)
+    }
+
+    /// One connection per master (see [`RedisConn::nodes`]).
+    async fn nodes(&self) -> Result<Vec<Conn>, StoreError> {
+        let result = self.conn.nodes().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
+    }
+
+    async fn scan_node(
+        &self,
+        mut conn: Conn,
+        pattern: &str,
+        keys: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = self
                 .run(
@@ -492,7 +590,7 @@ impl RedisStore {
                 .await?;
             keys.extend(batch);
             if next == 0 {
-                return Ok(keys);
+                return Ok(());
             }
             cursor = next;
         }
@@ -519,13 +617,12 @@ impl RedisStore {
             rx.recv().await.map(|batch| (batch, rx))
         }));
         let mut cache = ValueCache::default();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let mut text = String::new();
         let result = async {
             while let Some(batch) = fetched.next().await {
                 let (keys, replies) = batch?;
-                let mut aliases = redis::pipe();
-                let mut any_alias = false;
+                let mut aliases = Batch::new();
                 for (key, entry) in self.decode(keys, &replies, &mut cache) {
                     let Some(entry) = entry else { continue };
                     // Most keys are canonical: check the rule text without building the key.
@@ -540,14 +637,13 @@ impl RedisStore {
                             &entry.pattern.to_string(),
                         );
                         if canonical != key {
-                            aliases.sadd(self.alias_key(&canonical), &key).ignore();
-                            any_alias = true;
+                            aliases.add_ignored(Cmd::sadd(self.alias_key(&canonical), &key));
                         }
                     }
                     each(&key, entry);
                 }
-                if any_alias {
-                    self.run(aliases.query_async::<()>(&mut conn)).await?;
+                if !aliases.is_empty() {
+                    self.run(aliases.query::<()>(&mut conn)).await?;
                 }
             }
             Ok(())
@@ -557,15 +653,36 @@ impl RedisStore {
         result
     }
 
-    /// Walks the keyspace for `load_each`, one SCAN step and its fetch per batch, into `tx`;
-    /// the receiver decodes one batch while this task fetches the next.
+    /// Walks the keyspace (of every master) for `load_each`, one SCAN step and its fetch per
+    /// batch, into `tx`; the receiver decodes one batch while this task fetches the next.
     async fn scan_batches(
         &self,
         tx: tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>,
         with_ttl: bool,
     ) {
+        let nodes = match self.nodes().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                let _closed = tx.send(Err(e)).await;
+                return;
+            }
+        };
+        for conn in nodes {
+            if !self.scan_node_batches(conn, &tx, with_ttl).await {
+                return;
+            }
+        }
+    }
+
+    /// One node's part of [`RedisStore::scan_batches`]; false when the walk must stop
+    /// (an error was sent, or the receiver is gone).
+    async fn scan_node_batches(
+        &self,
+        mut conn: Conn,
+        tx: &tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>,
+        with_ttl: bool,
+    ) -> bool {
         let pattern = format!("{}:*", glob_escape(&self.prefix));
-        let mut conn = self.conn.clone();
         let mut cursor: u64 = 0;
         loop {
             let step: Result<(u64, Vec<String>), StoreError> = self
@@ -582,7 +699,7 @@ impl RedisStore {
             // The values right after their keys: Redis still has the entries the SCAN walked
             // in its caches (fetching them later, in hash order, costs it twice the time).
             let step = match step {
-                Ok((next, keys)) => match self.fetch_raw(&keys, with_ttl).await {
+                Ok((next, keys)) => match self.fetch_raw_on(&conn, &keys, with_ttl).await {
                     Ok(replies) => Ok((next, (keys, replies))),
                     Err(e) => Err(e),
                 },
@@ -590,37 +707,45 @@ impl RedisStore {
             };
             match step {
                 Ok((next, batch)) => {
-                    if tx.send(Ok(batch)).await.is_err() || next == 0 {
-                        return;
+                    if tx.send(Ok(batch)).await.is_err() {
+                        return false;
+                    }
+                    if next == 0 {
+                        return true;
                     }
                     cursor = next;
                 }
                 Err(e) => {
                     let _closed = tx.send(Err(e)).await;
-                    return;
+                    return false;
                 }
             }
         }
     }
 
-    /// True unless Redis says no key in the database has a TTL (`INFO keyspace`, `expires=0`):
-    /// then a load can skip asking PTTL key by key, a third of its Redis work.
+    /// True unless Redis says no key in the database has a TTL (`INFO keyspace`, `expires=0`,
+    /// on every master): then a load can skip asking PTTL key by key, a third of its Redis work.
     async fn any_expiring_keys(&self) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let info: String = self
-            .run(redis::cmd("INFO").arg("keyspace").query_async(&mut conn))
-            .await?;
         let db = format!("db{}:", self.db());
-        Ok(info
-            .lines()
-            .find_map(|l| l.strip_prefix(db.as_str()))
-            .and_then(|fields| {
-                fields
-                    .split(',')
-                    .find_map(|f| f.strip_prefix("expires="))
-                    .and_then(|n| n.trim().parse::<u64>().ok())
-            })
-            .is_none_or(|expires| expires > 0))
+        for mut conn in self.nodes().await? {
+            let info: String = self
+                .run(redis::cmd("INFO").arg("keyspace").query_async(&mut conn))
+                .await?;
+            let none = info
+                .lines()
+                .find_map(|l| l.strip_prefix(db.as_str()))
+                .and_then(|fields| {
+                    fields
+                        .split(',')
+                        .find_map(|f| f.strip_prefix("expires="))
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+                .is_some_and(|expires| expires == 0);
+            if !none {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Reads the given keys; `None` for keys that are gone, are not entries or hold another type.
@@ -644,15 +769,16 @@ impl RedisStore {
         if rule_keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("MGET").arg(&rule_keys);
+        // A cluster client splits the MGET by slot and puts the replies back in order.
+        let mut batch = Batch::new();
+        batch.add(redis::cmd("MGET").arg(&rule_keys).to_owned());
         if with_ttl {
             for key in &rule_keys {
-                pipe.pttl(*key);
+                batch.add(Cmd::pttl(*key));
             }
         }
-        let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = self.run(pipe.query_async(&mut conn)).await?;
+        let mut conn = self.conn().await?;
+        let mut replies: Vec<Value> = self.run(batch.query(&mut conn)).await?;
         let ttls = replies.split_off(1.min(replies.len()));
         let values = match replies.pop() {
             Some(Value::Array(values)) => values,
@@ -668,6 +794,53 @@ impl RedisStore {
             }));
         }
         Ok(out)
+    }
+
+    /// [`RedisStore::fetch_raw`] for keys a SCAN on `node` returned. A cluster node holds
+    /// them in many slots, which no MGET may span, and splitting one MGET per slot costs a
+    /// request per key: a pipeline of GETs on the node itself is one round trip. A key that
+    /// moved meanwhile (MOVED) fails the load, which the sync retries.
+    async fn fetch_raw_on(
+        &self,
+        node: &Conn,
+        keys: &[String],
+        with_ttl: bool,
+    ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
+        if !self.conn.is_cluster() {
+            return self.fetch_raw(keys, with_ttl).await;
+        }
+        let rule_keys: Vec<&String> = keys
+            .iter()
+            .filter(|k| self.parse_key(k).is_some())
+            .collect();
+        if rule_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for key in &rule_keys {
+            pipe.get(*key);
+            if with_ttl {
+                pipe.pttl(*key);
+            }
+        }
+        let mut conn = node.clone();
+        let replies: Vec<redis::RedisResult<Value>> = self.run(pipe.query_async(&mut conn)).await?;
+        // A key of another type reads as missing (as MGET has it); anything else (MOVED
+        // while slots migrate, CLUSTERDOWN) fails the load rather than leave rules out.
+        if let Some(Err(e)) = replies
+            .iter()
+            .find(|r| r.as_ref().is_err_and(|e| e.code() != Some("WRONGTYPE")))
+        {
+            return Err(StoreError::Redis(e.clone()));
+        }
+        if with_ttl {
+            return Ok(replies);
+        }
+        Ok(replies
+            .into_iter()
+            .flat_map(|value| [value, Ok(Value::Int(-1))])
+            .collect())
     }
 
     /// Turns [`RedisStore::fetch_raw`] replies into entries; `None` for keys that are gone, are
@@ -726,36 +899,56 @@ impl RedisStore {
     }
 
     /// Turns on the keyspace notifications callguard needs (`K$gx`), keeping whatever flags the
-    /// server already has. Returns false when the server does not allow CONFIG (managed Redis,
-    /// ACLs): the caller then falls back to periodic resync.
-    pub async fn enable_keyspace_notifications(&self) -> bool {
-        let mut conn = self.conn.clone();
-        let current: Result<Vec<String>, _> = self
+    /// server already has. Ok(false) when the server refuses CONFIG (managed Redis, ACLs): the
+    /// caller then falls back to periodic resync. An unreachable server (or, mid-failover, a
+    /// master) is an error, not a refusal: the caller retries rather than poll for good.
+    pub async fn enable_keyspace_notifications(&self) -> Result<bool, StoreError> {
+        // Notifications stay on the node that holds the key: every master needs them.
+        for conn in self.nodes().await? {
+            if !self.enable_keyspace_notifications_on(conn).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn enable_keyspace_notifications_on(&self, mut conn: Conn) -> Result<bool, StoreError> {
+        // A reply with an error code (NOPERM, ERR unknown command...) is a refusal.
+        let refused = |e: &StoreError| matches!(e, StoreError::Redis(r) if r.code().is_some());
+        let current: Vec<String> = match self
             .run(
                 redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("notify-keyspace-events")
                     .query_async(&mut conn),
             )
-            .await;
-        let Ok(current) = current else { return false };
+            .await
+        {
+            Ok(current) => current,
+            Err(e) if refused(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let flags = current.get(1).cloned().unwrap_or_default();
         let merged = merge_notify_flags(&flags);
         if merged == flags {
-            return true;
+            return Ok(true);
         }
-        self.run(
-            redis::cmd("CONFIG")
-                .arg("SET")
-                .arg("notify-keyspace-events")
-                .arg(&merged)
-                .query_async::<()>(&mut conn),
-        )
-        .await
-        .is_ok()
+        match self
+            .run(
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg("notify-keyspace-events")
+                    .arg(&merged)
+                    .query_async::<()>(&mut conn),
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if refused(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Opens a pub/sub connection (bounded by the connect timeout).
     /// The channel nodes share flood counts on, `<prefix>:flood`.
     pub fn flood_channel(&self) -> String {
         format!("{}:flood", self.prefix)
@@ -763,7 +956,7 @@ impl RedisStore {
 
     /// Publishes one batch of flood counts.
     pub async fn publish_flood(&self, message: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.run(
             redis::cmd("PUBLISH")
                 .arg(self.flood_channel())
@@ -798,7 +991,7 @@ impl RedisStore {
                 .arg(json)
                 .ignore();
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         self.run(pipe.query_async::<()>(&mut conn)).await
     }
 
@@ -811,7 +1004,7 @@ impl RedisStore {
         block_ms: Option<u64>,
     ) -> Result<(Vec<crate::calllog::CallRecord>, Option<String>), StoreError> {
         let key = self.calls_key();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn().await?;
         let reply: Value = match (after, block_ms) {
             (Some(id), Some(ms)) => {
                 let cmd = redis::cmd("XREAD")
@@ -855,8 +1048,13 @@ impl RedisStore {
         Ok((records, last))
     }
 
+    /// Opens a pub/sub connection to one node (PUBLISH reaches every node of a cluster).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
-        self.run(self.client.get_async_pubsub()).await
+        let result = self.conn.pubsub().await;
+        if result.is_err() {
+            self.conn.failed();
+        }
+        result
     }
 }
 
@@ -1013,6 +1211,20 @@ mod tests {
         assert_eq!(meta.added_by.as_deref(), Some("root@pbx"));
         // Looks like JSON but is not ours: keep it as text.
         assert_eq!(parse_value("{spam}").reason, "{spam}");
+    }
+
+    #[tokio::test]
+    async fn identity_has_no_password() {
+        let store = RedisStore::connect(
+            "redis://cg:s3cret@127.0.0.1:1/3",
+            &RedisSettings::default(),
+            Normalizer::default(),
+        )
+        .await;
+        let identity = store.map(|s| s.identity()).unwrap_or_default();
+        assert!(identity.contains("127.0.0.1"), "{identity}");
+        assert!(identity.contains("db3"), "{identity}");
+        assert!(!identity.contains("s3cret"), "{identity}");
     }
 
     #[test]

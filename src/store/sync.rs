@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -319,14 +318,12 @@ async fn redis_session(
     version: &mut u64,
     backoff: &mut Duration,
 ) -> Result<std::convert::Infallible, StoreError> {
+    store.refresh();
     let notifications =
-        options.configure_notifications && store.enable_keyspace_notifications().await;
-    let mut pubsub = store.pubsub().await?;
+        options.configure_notifications && store.enable_keyspace_notifications().await?;
     // Subscribe before loading, so no change between the load and the subscription is missed.
-    pubsub.subscribe(store.changes_channel()).await?;
-    if notifications {
-        pubsub.psubscribe(store.keyspace_pattern()).await?;
-    }
+    let mut messages = store.subscribe(notifications).await?;
+    let masters = messages.masters.clone();
     let started = Instant::now();
     let builder = full_load(store, &options.time_zone).await?;
     let loaded = builder.len();
@@ -342,10 +339,15 @@ async fn redis_session(
     info!(
         notifications,
         resync_every = ?resync_every,
+        masters = %masters.join(","),
         "following redis changes"
     );
 
-    let mut messages = pubsub.on_message();
+    // Sentinel and Cluster: a failover moves the data to other masters, whose keyspace
+    // notifications this session does not hear; the check ends the session for a fresh one.
+    let mut topology = interval(store.topology_check_interval());
+    topology.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let check_topology = store.is_replicated();
     let mut pending: HashSet<String> = HashSet::new();
     let mut next_resync = Instant::now() + resync_every;
     // Changes arrive in bursts (a bulk `block`): gather them briefly, then fetch and patch once.
@@ -354,6 +356,20 @@ async fn redis_session(
     loop {
         let flush_deadline = flush_at.unwrap_or(next_resync);
         tokio::select! {
+            _ = topology.tick(), if check_topology => {
+                match store.masters().await {
+                    Ok(now) if now != masters => {
+                        return Err(StoreError::Failover {
+                            from: masters.join(","),
+                            to: now.join(","),
+                        });
+                    }
+                    Ok(_) => {}
+                    // Mid-failover the sentinels may have no answer yet; the pub/sub
+                    // connection closing (or the next check) ends the session.
+                    Err(error) => debug!(%error, "redis masters not checked"),
+                }
+            }
             msg = messages.next() => {
                 let Some(msg) = msg else {
                     return Err(StoreError::Redis(redis::RedisError::from((
@@ -411,7 +427,10 @@ const EXPIRY_JITTER: Duration = Duration::from_secs(1);
 /// The `kind` label of `callguard_store_errors_total`.
 fn error_kind(error: &StoreError) -> metrics::StoreErrorKind {
     match error {
-        StoreError::Redis(_) => metrics::StoreErrorKind::Redis,
+        StoreError::Redis(_)
+        | StoreError::NoMaster(_)
+        | StoreError::Failover { .. }
+        | StoreError::BadUrl(_) => metrics::StoreErrorKind::Redis,
         StoreError::Timeout(_) => metrics::StoreErrorKind::Timeout,
         StoreError::Io { .. } => metrics::StoreErrorKind::Io,
         _ => metrics::StoreErrorKind::BadData,

@@ -2,12 +2,12 @@
 //! list edits in the embedded store, and clear errors.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use crate::support::{bin, cli, cli_ok, temp_store};
+use crate::support::{cli, cli_ok, temp_store};
 
 fn normalize_stdin(args: &[&str], input: &[u8]) -> String {
-    let mut child = Command::new(bin())
+    let mut child = crate::support::callguard()
         .arg("normalize")
         .args(args)
         .stdin(Stdio::piped())
@@ -94,7 +94,7 @@ fn default_country_from_config_file_and_environment() {
     let config = dir.path().join("callguard.toml");
     std::fs::write(&config, "default_country = \"DE\"\n").expect("write config");
     let run = |env: Option<&str>| {
-        let mut cmd = Command::new(bin());
+        let mut cmd = crate::support::callguard();
         cmd.arg("--config")
             .arg(&config)
             .args(["normalize", "030 1234567"]);
@@ -123,7 +123,7 @@ fn print_config_shows_effective_values_and_round_trips() {
         "default_country = \"UA\"\n[agi]\non_block = \"dialplan\"\n",
     )
     .expect("write config");
-    let out = Command::new(bin())
+    let out = crate::support::callguard()
         .arg("--config")
         .arg(&config)
         .args(["serve", "--agi-listen", "127.0.0.1:1", "--print-config"])
@@ -150,7 +150,7 @@ fn print_config_shows_effective_values_and_round_trips() {
     // What it prints is itself a valid config file.
     let again = dir.path().join("printed.toml");
     std::fs::write(&again, &printed).expect("write printed");
-    let out = Command::new(bin())
+    let out = crate::support::callguard()
         .arg("--config")
         .arg(&again)
         .args(["serve", "--print-config"])
@@ -169,7 +169,7 @@ fn bad_config_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("callguard.toml");
     std::fs::write(&config, "[agi]\nonblock = \"dialplan\"\n").expect("write config");
-    let out = Command::new(bin())
+    let out = crate::support::callguard()
         .arg("--config")
         .arg(&config)
         .args(["serve", "--print-config"])

@@ -4,12 +4,10 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Redis, Server, agi_call, bin, cli_ok, env_block, free_port, http_get, metric_sum, temp_store,
-    within,
+    Redis, Server, agi_call, cli_ok, env_block, free_port, http_get, metric_sum, temp_store, within,
 };
 
 const BLOCKED: &str = "+74951234567";
@@ -383,7 +381,7 @@ fn check_config_reports_ok_or_the_first_error() {
     let config = dir.path().join("callguard.toml");
     let check = |text: &str| {
         write_config(&config, text);
-        Command::new(bin())
+        crate::support::callguard()
             .arg("--config")
             .arg(&config)
             .args(["serve", "--check-config"])
@@ -421,7 +419,7 @@ fn check_config_reports_ok_or_the_first_error() {
 }
 
 fn probe(url: &str) -> std::process::Output {
-    Command::new(bin())
+    crate::support::callguard()
         .args(["probe", url, "--timeout", "2s"])
         .output()
         .expect("run callguard probe")

@@ -225,7 +225,7 @@ fn redis_import_on_a_big_keyspace_uses_the_alias_sets() {
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write(dir.path(), "one.txt", "+74951234567\n");
-    let out = std::process::Command::new(crate::support::bin())
+    let out = crate::support::callguard()
         .args(["--store", &redis.url(), "import", &file])
         // Pretend the keyspace is too big to walk.
         .env("CALLGUARD_REDIS__SPELLING_SCAN_MAX_KEYS", "1")

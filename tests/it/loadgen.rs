@@ -2,13 +2,13 @@
 //! (speed figures are never asserted here; they go to BENCHMARKS.md).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
-use crate::support::{Server, bin, temp_store};
+use crate::support::{Server, temp_store};
 
 /// Runs loadgen with `args` and returns its stdout, asserting it succeeded.
 fn loadgen_ok(store: &str, args: &[&str]) -> String {
-    let out = Command::new(bin())
+    let out = crate::support::callguard()
         .args(["--store", store, "loadgen"])
         .args(args)
         .output()
@@ -65,7 +65,7 @@ struct Baseline {
 
 impl Baseline {
     fn start() -> Baseline {
-        let mut child = Command::new(bin())
+        let mut child = crate::support::callguard()
             .args(["loadgen", "baseline"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -127,7 +127,7 @@ fn verifying_against_the_baseline_fails() {
     let (_dir, path) = temp_store();
     let store = path.to_str().expect("utf8 path");
     let baseline = Baseline::start();
-    let out = Command::new(bin())
+    let out = crate::support::callguard()
         .args(["--store", store, "loadgen", "--agi", &baseline.agi])
         .args(["--calls", "10", "--blocked-numbers", "0"])
         .output()
@@ -167,7 +167,7 @@ fn loadgen_fails_when_the_server_does_not_have_its_list() {
     let server = Server::start(path_a.to_str().expect("utf8"), &[]);
     let agi = server.agi.to_string();
     // The list goes to another store: the server never sees it, and loadgen must say so.
-    let out = Command::new(bin())
+    let out = crate::support::callguard()
         .args([
             "--store",
             path_b.to_str().expect("utf8"),

@@ -12,6 +12,7 @@ mod hardening;
 mod listfile;
 mod loadgen;
 mod metrics;
+mod redis_ha;
 mod redis_store;
 mod rules;
 mod support;

@@ -7,14 +7,14 @@ use std::collections::{BTreeSet, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use callguard::metrics;
 use serde_json::Value;
 
-use crate::support::{agi_call_with, bin, cli_ok, temp_store};
+use crate::support::{agi_call_with, cli_ok, temp_store};
 
 fn read(relative: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -322,7 +322,7 @@ struct MetricsServer {
 impl MetricsServer {
     /// None while `serve` has no `--metrics-listen` yet (clap rejects the flag).
     fn start(store: &str) -> Option<MetricsServer> {
-        let mut child = Command::new(bin())
+        let mut child = crate::support::callguard()
             .args(["--store", store, "serve", "--agi-listen", "127.0.0.1:0"])
             .args(["--esl-listen", "off", "--metrics-listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")

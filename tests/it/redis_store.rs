@@ -206,7 +206,7 @@ fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
     assert!(blocked(), "the remaining spelling must keep blocking");
 
     // unblock without SCAN: the alias set alone leads to the hand-typed key.
-    let out = std::process::Command::new(crate::support::bin())
+    let out = crate::support::callguard()
         .args(["--store", &url, "unblock", "89991234567"])
         .env("CALLGUARD_REDIS__SPELLING_SCAN_MAX_KEYS", "0")
         .output()

@@ -1,6 +1,8 @@
 //! Test harness: a real `redis-server` on a free port, the real `callguard` binary, and an
 //! Asterisk-faithful FastAGI client that replays captured environment blocks.
 
+pub mod redis_ha;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,6 +14,22 @@ use std::time::{Duration, Instant};
 /// The built binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_callguard")
+}
+
+/// The binary as a command, isolated from the machine: `CALLGUARD_CONFIG` names an empty file,
+/// so a `/etc/callguard/callguard.toml` installed on the test machine (by the Debian package,
+/// say) is not read. A test's own `--config` still wins.
+pub fn callguard() -> Command {
+    static EMPTY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let empty = EMPTY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let path = dir.join("empty.toml");
+        std::fs::write(&path, "").expect("write empty config");
+        path
+    });
+    let mut command = Command::new(bin());
+    command.env("CALLGUARD_CONFIG", empty);
+    command
 }
 
 /// A fixture file's bytes.
@@ -33,17 +51,28 @@ pub struct Redis {
     child: Option<Child>,
     /// Its port.
     pub port: u16,
+    /// Password [`Redis::cmd`] authenticates with (as `default`), when the server wants one.
+    pub password: Option<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
     /// Starts one and waits until it answers PING.
     pub fn start() -> Redis {
-        Redis::start_on(free_port())
+        Redis::start_with(&[], None)
     }
 
     /// [`Redis::start`] on a given port (e.g. one a server was told to use before).
     pub fn start_on(port: u16) -> Redis {
+        Redis::start_on_with(port, &[], None)
+    }
+
+    /// Starts one with extra `redis-server` arguments; `password` is its `requirepass`.
+    pub fn start_with(extra: &[&str], password: Option<&str>) -> Redis {
+        Redis::start_on_with(free_port(), extra, password)
+    }
+
+    fn start_on_with(port: u16, extra: &[&str], password: Option<&str>) -> Redis {
         let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new("redis-server")
             .args([
@@ -58,6 +87,8 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(dir.path())
+            .args(password.map(|p| ["--requirepass", p]).into_iter().flatten())
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -65,6 +96,7 @@ impl Redis {
         let redis = Redis {
             child: Some(child),
             port,
+            password: password.map(str::to_owned),
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -85,15 +117,27 @@ impl Redis {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return String::new();
         };
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        let mut req = String::new();
+        let mut commands = Vec::new();
+        if let Some(p) = &self.password {
+            commands.push(vec!["AUTH", p.as_str()]);
+        }
+        commands.push(args.to_vec());
+        for c in &commands {
+            req.push_str(&format!("*{}\r\n", c.len()));
+            for a in c {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
         }
         if s.write_all(req.as_bytes()).is_err() {
             return String::new();
         }
+        let mut reader = BufReader::new(s);
         let mut line = String::new();
-        let _read = BufReader::new(s).read_line(&mut line);
+        for _ in &commands {
+            line.clear();
+            let _read = reader.read_line(&mut line);
+        }
         line.trim_end().to_owned()
     }
 
@@ -135,7 +179,7 @@ impl Server {
     /// Starts `callguard GLOBAL_ARGS serve` on port-0 listeners with `extra_env`, waits for its
     /// "listening" line and, when `wait_snapshot`, its first snapshot.
     pub fn launch(global_args: &[&str], extra_env: &[(&str, &str)], wait_snapshot: bool) -> Server {
-        let mut child = Command::new(bin())
+        let mut child = callguard()
             .args(global_args)
             .args([
                 "serve",
@@ -246,7 +290,7 @@ impl Drop for Server {
 
 /// Runs the CLI against `store`.
 pub fn cli(store: &str, args: &[&str]) -> Output {
-    Command::new(bin())
+    callguard()
         .arg("--store")
         .arg(store)
         .args(args)
