@@ -134,6 +134,17 @@ pub struct LoadgenArgs {
     /// How long to wait for the server to pick up the generated list.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ready_timeout: Duration,
+    /// Place calls for this long (e.g. 30m; with --rate, a fixed-rate soak) instead of --calls.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "calls")]
+    pub duration: Option<Duration>,
+    /// Print an `interval ...` line (calls, calls/s, latency quantiles, verdicts, calls without
+    /// verdict, with --metrics the server's p99) for every stretch this long.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub report_every: Option<Duration>,
+    /// Instead of generated calls, one call from each caller in FILE (lines `NUMBER
+    /// block|allow`), each checked against its verdict; writes no list.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["count_only", "duration", "keep_list"])]
+    pub expect: Option<PathBuf>,
 }
 
 /// `loadgen` subcommands.
@@ -567,7 +578,17 @@ async fn loadgen(
         (None, Some(agi)) => Target::Agi(agi),
         (None, None) => Target::Agi(std::net::SocketAddr::from(([127, 0, 0, 1], 4573))),
     };
-    let blocked_numbers = if args.count_only {
+    let expected = match &args.expect {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            let list =
+                loadgen::parse_expected(&text).map_err(|e| CliError::Usage(e.to_string()))?;
+            Some(std::sync::Arc::from(list))
+        }
+        None => None,
+    };
+    let blocked_numbers = if args.count_only || expected.is_some() {
         0
     } else {
         args.blocked_numbers
@@ -584,6 +605,8 @@ async fn loadgen(
         },
         blocked_numbers,
         count_only: args.count_only,
+        duration: args.duration,
+        expected,
     };
     if settings.blocked_numbers > 0 {
         if !args.keep_list {
@@ -613,7 +636,14 @@ async fn loadgen(
         Some(addr) => Some(scrape::fetch(addr).await?),
         None => None,
     };
-    let report = loadgen::run(&settings).await;
+    let mut printed = Ok(());
+    let report = loadgen::run_reporting(&settings, args.report_every, args.metrics, |interval| {
+        if printed.is_ok() {
+            printed = writeln!(out, "{}", interval.line()).and_then(|()| out.flush());
+        }
+    })
+    .await;
+    printed?;
     writeln!(out, "{}", report.summary())?;
     if let (Some(addr), Some(before)) = (args.metrics, before) {
         let protocol = target.protocol();
@@ -622,7 +652,7 @@ async fn loadgen(
             .since(&scrape::Buckets::parse(&before, protocol));
         writeln!(out, "{}", run.summary(protocol))?;
     }
-    Ok(if report.wrong == 0 && report.errors == 0 {
+    Ok(if report.clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
