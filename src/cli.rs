@@ -112,9 +112,9 @@ pub struct LoadgenArgs {
     /// run and print its in-server quantiles.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Calls to place.
-    #[arg(long, default_value_t = 10_000)]
-    pub calls: u64,
+    /// Calls to place (default 10,000; with --duration, no limit but the time).
+    #[arg(long)]
+    pub calls: Option<u64>,
     /// Calls in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -134,8 +134,9 @@ pub struct LoadgenArgs {
     /// How long to wait for the server to pick up the generated list.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ready_timeout: Duration,
-    /// Place calls for this long (e.g. 30m; with --rate, a fixed-rate soak) instead of --calls.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "calls")]
+    /// Place calls for this long (e.g. 30m; with --rate, a fixed-rate soak; with --calls, at
+    /// most that many).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
     /// Print an `interval ...` line (calls, calls/s, latency quantiles, verdicts, calls without
     /// verdict, with --metrics the server's p99) for every stretch this long.
@@ -595,7 +596,7 @@ async fn loadgen(
     };
     let settings = LoadSettings {
         target,
-        calls: args.calls,
+        calls: loadgen::call_budget(args.calls, args.duration),
         concurrency: args.concurrency,
         rate: args.rate,
         blocked_share: if blocked_numbers == 0 {

@@ -347,6 +347,19 @@ impl Interval {
     }
 }
 
+/// Calls a run places when neither a number of calls nor a duration is given.
+pub const DEFAULT_CALLS: u64 = 10_000;
+
+/// How many calls a run may place: `calls` when given, else no limit but `duration`'s, else
+/// [`DEFAULT_CALLS`].
+pub fn call_budget(calls: Option<u64>, duration: Option<Duration>) -> u64 {
+    match (calls, duration) {
+        (Some(n), _) => n,
+        (None, Some(_)) => u64::MAX,
+        (None, None) => DEFAULT_CALLS,
+    }
+}
+
 /// The `i`-th generated national number (10 digits, Moscow mobile-like `9xx`), deterministic.
 fn national(i: u64, blocked: bool) -> u64 {
     // Blocked and allowed numbers come from disjoint halves of the space.
@@ -625,6 +638,16 @@ mod tests {
             line.contains("wrong=1 no_verdict=1 timed_out=1 connect_errors=1 server_p99_le_us=-"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_duration_lifts_the_default_number_of_calls() {
+        let soak = Some(Duration::from_secs(1800));
+        // 30 minutes at 1,000 calls/s must not stop at the default 10,000 calls.
+        assert_eq!(call_budget(None, soak), u64::MAX);
+        assert_eq!(call_budget(Some(50), soak), 50);
+        assert_eq!(call_budget(None, None), DEFAULT_CALLS);
+        assert_eq!(call_budget(Some(7), None), 7);
     }
 
     #[test]

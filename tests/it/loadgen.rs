@@ -258,6 +258,20 @@ fn duration_at_a_fixed_rate_prints_intervals_that_add_up() {
 }
 
 #[test]
+fn calls_cap_a_duration_run() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let server = Server::start(store, &[]);
+    let agi = server.agi.to_string();
+    let args = ["--agi", &agi, "--blocked-numbers", "0", "--rate", "100"];
+    let text = loadgen_ok(
+        store,
+        &[&args[..], &["--duration", "1s", "--calls", "30"]].concat(),
+    );
+    assert!(text.contains("calls 30 in"), "{text}");
+}
+
+#[test]
 fn expect_checks_each_listed_caller_against_its_verdict() {
     let (dir, path) = temp_store();
     let store = path.to_str().expect("utf8 path");
