@@ -579,6 +579,11 @@ async fn loadgen(
         (None, Some(agi)) => Target::Agi(agi),
         (None, None) => Target::Agi(std::net::SocketAddr::from(([127, 0, 0, 1], 4573))),
     };
+    if args.report_every.is_some_and(|d| d.is_zero()) {
+        return Err(CliError::Usage(
+            "--report-every must be longer than 0".into(),
+        ));
+    }
     let expected = match &args.expect {
         Some(path) => {
             let text = std::fs::read_to_string(path)

@@ -446,6 +446,13 @@ pub async fn run_reporting(
     metrics: Option<SocketAddr>,
     mut on_interval: impl FnMut(Interval),
 ) -> LoadReport {
+    // A zero period would make the interval timer panic: no intervals then.
+    let every = every.filter(|d| !d.is_zero());
+    // Read before the first call, so the first stretch's server figures hold all its calls.
+    let mut before = match every {
+        Some(_) => scrape_buckets(metrics, settings.target).await,
+        None => None,
+    };
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let fresh = || LoadReport {
@@ -504,7 +511,6 @@ pub async fn run_reporting(
         (Some(every), Some(window)) => {
             let mut tick = tokio::time::interval_at((started + every).into(), every);
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            let mut before = scrape_buckets(metrics, settings.target).await;
             let mut last = started;
             let mut flush = |before: &mut Option<scrape::Buckets>,
                              after: Option<scrape::Buckets>,

@@ -36,6 +36,8 @@ echo "soak: output in $OUT"
 
 cargo build --release --locked --quiet
 BIN=$ROOT/target/release/callguard
+# The commit the binary was built from (+dirty when the tree had changes), for the report.
+COMMIT=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo +dirty)
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RPORT=$(free_port)
@@ -247,7 +249,7 @@ grep -c 'loaded from redis' "$OUT/serve.log" >"$OUT/loaded.count" || true
 REPORT_RC=0
 SOAK_MINUTES=$SOAK_MINUTES RESTART_EVERY=$RESTART_EVERY REDIS_DOWN=$REDIS_DOWN RATE=$RATE \
   CONCURRENCY=$CONCURRENCY BLOCKED_SHARE=$BLOCKED_SHARE REPORT_EVERY=$REPORT_EVERY \
-  LOADGEN_RC=$LOADGEN_RC CHECK_RC=$CHECK_RC COMMIT=$(git rev-parse --short HEAD) \
+  LOADGEN_RC=$LOADGEN_RC CHECK_RC=$CHECK_RC COMMIT=$COMMIT \
   python3 tests/soak/report.py "$OUT" >"$OUT/report.md" || REPORT_RC=$?
 cat "$OUT/report.md"
 echo "soak: report in $OUT/report.md"
