@@ -138,9 +138,10 @@ checks = [
     ("edits lost = 0", f"{lost} (of {len(acked):,} acknowledged)", lost == 0),
     (
         "RSS flat (end within 10% of half time)",
-        f"{rss_start / 1024:.1f} MB before load, {warm / 1024:.1f} MB at 1 min, "
-        f"{mid / 1024:.1f} MB at half time, {rss_end / 1024:.1f} MB at the end, "
-        f"max {rss_max / 1024:.1f} MB",
+        f"{rss_start / 1024:.1f} MiB before load, {warm / 1024:.1f} MiB at 1 min, "
+        f"{mid / 1024:.1f} MiB at half time, {rss_end / 1024:.1f} MiB at the end, "
+        f"max {rss_max / 1024:.1f} MiB; second half "
+        f"{(rss_end - mid) / 1024 / max(minutes / 2, 1e-9):+.2f} MiB a minute",
         rss_flat,
     ),
     (
@@ -195,7 +196,7 @@ p("Server resident memory (VmRSS), seconds from the start of the load:")
 p()
 p("| t (s) | " + " | ".join(str(t) for t, _ in rss) + " |")
 p("|---|" + "---|" * len(rss))
-p("| MB | " + " | ".join(f"{kb / 1024:.1f}" for _, kb in rss) + " |")
+p("| MiB | " + " | ".join(f"{kb / 1024:.1f}" for _, kb in rss) + " |")
 p("| load average (1 min, 2 cores) | " + " | ".join(loads) + " |")
 p()
 p(f"Edits (`callguard block` / `unblock`, one at a time, each retried until acknowledged): "
