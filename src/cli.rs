@@ -190,9 +190,9 @@ pub struct LoadgenArgs {
     /// run and print its in-server quantiles.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
-    /// Calls to place.
-    #[arg(long, default_value_t = 10_000)]
-    pub calls: u64,
+    /// Calls to place (default 10,000; with --duration, no limit but the time).
+    #[arg(long)]
+    pub calls: Option<u64>,
     /// Calls in flight at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -212,6 +212,18 @@ pub struct LoadgenArgs {
     /// How long to wait for the server to pick up the generated list.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
     pub ready_timeout: Duration,
+    /// Place calls for this long (e.g. 30m; with --rate, a fixed-rate soak; with --calls, at
+    /// most that many).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Print an `interval ...` line (calls, calls/s, latency quantiles, verdicts, calls without
+    /// verdict, with --metrics the server's p99) for every stretch this long.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub report_every: Option<Duration>,
+    /// Instead of generated calls, one call from each caller in FILE (lines `NUMBER
+    /// block|allow`), each checked against its verdict; writes no list.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["count_only", "duration", "keep_list"])]
+    pub expect: Option<PathBuf>,
 }
 
 /// `loadgen` subcommands.
@@ -818,14 +830,29 @@ async fn loadgen(
         (None, Some(agi)) => Target::Agi(agi),
         (None, None) => Target::Agi(std::net::SocketAddr::from(([127, 0, 0, 1], 4573))),
     };
-    let blocked_numbers = if args.count_only {
+    if args.report_every.is_some_and(|d| d.is_zero()) {
+        return Err(CliError::Usage(
+            "--report-every must be longer than 0".into(),
+        ));
+    }
+    let expected = match &args.expect {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+            let list =
+                loadgen::parse_expected(&text).map_err(|e| CliError::Usage(e.to_string()))?;
+            Some(std::sync::Arc::from(list))
+        }
+        None => None,
+    };
+    let blocked_numbers = if args.count_only || expected.is_some() {
         0
     } else {
         args.blocked_numbers
     };
     let settings = LoadSettings {
         target,
-        calls: args.calls,
+        calls: loadgen::call_budget(args.calls, args.duration),
         concurrency: args.concurrency,
         rate: args.rate,
         blocked_share: if blocked_numbers == 0 {
@@ -835,6 +862,8 @@ async fn loadgen(
         },
         blocked_numbers,
         count_only: args.count_only,
+        duration: args.duration,
+        expected,
     };
     if settings.blocked_numbers > 0 {
         if !args.keep_list {
@@ -864,7 +893,14 @@ async fn loadgen(
         Some(addr) => Some(scrape::fetch(addr).await?),
         None => None,
     };
-    let report = loadgen::run(&settings).await;
+    let mut printed = Ok(());
+    let report = loadgen::run_reporting(&settings, args.report_every, args.metrics, |interval| {
+        if printed.is_ok() {
+            printed = writeln!(out, "{}", interval.line()).and_then(|()| out.flush());
+        }
+    })
+    .await;
+    printed?;
     writeln!(out, "{}", report.summary())?;
     if let (Some(addr), Some(before)) = (args.metrics, before) {
         let protocol = target.protocol();
@@ -873,7 +909,7 @@ async fn loadgen(
             .since(&scrape::Buckets::parse(&before, protocol));
         writeln!(out, "{}", run.summary(protocol))?;
     }
-    Ok(if report.wrong == 0 && report.errors == 0 {
+    Ok(if report.clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

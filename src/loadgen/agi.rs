@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use super::Outcome;
+use super::{Failure, Outcome};
 
 /// The environment block of a PJSIP call (`env_sip_84951234567`) with another caller ID.
 fn env_block(agi: SocketAddr, caller_id: &str) -> String {
@@ -47,12 +47,19 @@ fn reply(line: &str) -> (&'static [u8], Option<Outcome>) {
 
 /// Places one call; `None` on any error (or, verifying, when no verdict came).
 pub async fn call(agi: SocketAddr, caller_id: &str, count_only: bool) -> Option<Outcome> {
-    let mut stream = TcpStream::connect(agi).await.ok()?;
-    stream.set_nodelay(true).ok()?;
+    place(agi, caller_id, count_only).await.ok()
+}
+
+/// Places one call and tells a refused connection from a session that ended without a verdict.
+pub async fn place(agi: SocketAddr, caller_id: &str, count_only: bool) -> Result<Outcome, Failure> {
+    let mut stream = TcpStream::connect(agi)
+        .await
+        .map_err(|_| Failure::Connect)?;
+    stream.set_nodelay(true).map_err(|_| Failure::Connect)?;
     stream
         .write_all(env_block(agi, caller_id).as_bytes())
         .await
-        .ok()?;
+        .map_err(|_| Failure::NoVerdict)?;
     let (read, mut write) = stream.split();
     let mut reader = BufReader::with_capacity(1024, read);
     let mut line = String::with_capacity(128);
@@ -65,7 +72,7 @@ pub async fn call(agi: SocketAddr, caller_id: &str, count_only: bool) -> Option<
             Ok(_) => {}
             // A server that closed without reading everything resets: what came before counts.
             Err(_) if answered => break,
-            Err(_) => return None,
+            Err(_) => return Err(Failure::NoVerdict),
         }
         answered = true;
         let (bytes, told) = reply(line.trim_end_matches('\n'));
@@ -82,6 +89,7 @@ pub async fn call(agi: SocketAddr, caller_id: &str, count_only: bool) -> Option<
     } else {
         verdict
     }
+    .ok_or(Failure::NoVerdict)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::Outcome;
+use super::{Failure, Outcome};
 use crate::esl::codec::{self, Limits};
 
 const CONNECT_REPLY: &[u8] =
@@ -290,16 +290,19 @@ struct Channel {
     executed: u64,
 }
 
-/// Places one call; `None` on any error (or, verifying, when no verdict came).
+/// Places one call; a refused connection, or a session that ended without a verdict
+/// (verifying) or without any command (count-only), is a [`Failure`].
 pub async fn call(
     addr: SocketAddr,
     caller_id: &str,
     call: u64,
     count_only: bool,
-) -> Option<Outcome> {
+) -> Result<Outcome, Failure> {
     let script = &*SCRIPT;
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream.set_nodelay(true).ok()?;
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|_| Failure::Connect)?;
+    stream.set_nodelay(true).map_err(|_| Failure::Connect)?;
     let mut values = Values {
         caller_id: url_encode(caller_id),
         channel_uuid: uuid(call, 0),
@@ -316,13 +319,13 @@ pub async fn call(
                 break p + 2;
             }
             if buf.len() > MAX_COMMAND {
-                return None;
+                return Err(Failure::NoVerdict);
             }
             match stream.read_buf(&mut buf).await {
                 Ok(0) => break 'session,
                 Ok(_) => {}
                 Err(_) if channel.answered => break 'session,
-                Err(_) => return None,
+                Err(_) => return Err(Failure::NoVerdict),
             }
         };
         let block = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -402,6 +405,7 @@ pub async fn call(
     } else {
         channel.verdict
     }
+    .ok_or(Failure::NoVerdict)
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ echo "== full list (db 0): cold start"
 t0=$(date +%s.%N)
 start_serve 0
 # Calls during the load are answered from the empty snapshot (allow); count them.
-until (echo >/dev/tcp/${AGI%:*}/${AGI#*:}) 2>/dev/null; do sleep 0.01; done
+until (echo >"/dev/tcp/${AGI%:*}/${AGI#*:}") 2>/dev/null; do sleep 0.01; done
 "$BIN" loadgen --agi "$AGI" --calls 2000 --concurrency 4 --rate 200 --blocked-numbers 0 \
   >"$WORK/during-load.txt" 2>&1 &
 LOADGEN_PID=$!
