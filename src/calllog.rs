@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::call::{CallEvent, Decision, Verdict};
 use crate::store::{Store, StoreError, format_time, parse_time};
@@ -20,6 +20,11 @@ use crate::store::{Store, StoreError, format_time, parse_time};
 const QUEUE: usize = 10_000;
 /// Records written per batch.
 const BATCH: usize = 256;
+/// Records kept while the store is away (a few hundred bytes each); older ones go first.
+const MAX_PENDING: usize = 100_000;
+/// First and longest wait between write attempts while the store is away.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Longest raw caller ID kept (it is caller-controlled).
 const MAX_RAW: usize = 128;
 
@@ -190,47 +195,86 @@ async fn writer(
     settings: CallLogSettings,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
+    // Records taken from the queue and not yet written: kept across a store outage (a Redis
+    // restart, a full disk) and written once the store is back, up to MAX_PENDING.
+    let mut pending: Vec<CallRecord> = Vec::with_capacity(BATCH);
+    let mut backoff = RETRY_MIN;
+    let mut failing = false;
     loop {
-        let n = tokio::select! {
-            n = rx.recv_many(&mut batch, BATCH) => n,
-            () = shutdown.cancelled() => {
-                // Drain what is queued, then stop.
-                while let Ok(r) = rx.try_recv() {
-                    batch.push(r);
-                }
-                batch.len()
-            }
-        };
-        if n == 0 && batch.is_empty() {
-            return;
-        }
-        let result = match &sink {
-            Sink::Redis(Store::Redis(redis)) => {
-                redis.append_calls(&batch, settings.max_entries).await
-            }
-            Sink::Redis(Store::Local(_)) => Ok(()),
-            Sink::File(path) => {
-                let path = path.clone();
-                let records = std::mem::take(&mut batch);
-                let settings = settings.clone();
-                match tokio::task::spawn_blocking(move || append_file(&path, &records, &settings))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => Err(StoreError::Io {
-                        path: PathBuf::from("calls.log"),
-                        source: std::io::Error::other(e.to_string()),
-                    }),
+        if pending.is_empty() {
+            tokio::select! {
+                _ = rx.recv_many(&mut pending, BATCH) => {}
+                () = shutdown.cancelled() => {
+                    while let Ok(r) = rx.try_recv() {
+                        pending.push(r);
+                    }
                 }
             }
-        };
-        if let Err(error) = result {
-            warn!(%error, dropped = batch.len(), "call log: write failed");
+            if pending.is_empty() {
+                // The queue closed, or shutdown with nothing left.
+                return;
+            }
         }
-        batch.clear();
-        if shutdown.is_cancelled() {
-            return;
+        let take = pending.len().min(BATCH);
+        match write_batch(&sink, &pending[..take], &settings).await {
+            Ok(()) => {
+                pending.drain(..take);
+                if failing {
+                    info!(pending = pending.len(), "call log: writing again");
+                    failing = false;
+                }
+                backoff = RETRY_MIN;
+            }
+            Err(error) => {
+                if shutdown.is_cancelled() {
+                    warn!(%error, dropped = pending.len(), "call log: stopping with records not written");
+                    return;
+                }
+                if !failing {
+                    warn!(%error, pending = pending.len(), "call log: write failed; keeping the records, retrying");
+                    failing = true;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+        // Take what queued up meanwhile (never waiting), so the bounded queue keeps room for
+        // new calls while the store is away; past MAX_PENDING the oldest records go.
+        while let Ok(r) = rx.try_recv() {
+            pending.push(r);
+        }
+        if pending.len() > MAX_PENDING {
+            let over = pending.len() - MAX_PENDING;
+            pending.drain(..over);
+            warn!(dropped = over, "call log: store away too long; oldest records dropped");
+        }
+    }
+}
+
+/// Writes one batch to the sink.
+async fn write_batch(
+    sink: &Sink,
+    records: &[CallRecord],
+    settings: &CallLogSettings,
+) -> Result<(), StoreError> {
+    match sink {
+        Sink::Redis(Store::Redis(redis)) => redis.append_calls(records, settings.max_entries).await,
+        Sink::Redis(Store::Local(_)) => Ok(()),
+        Sink::File(path) => {
+            let path = path.clone();
+            let records = records.to_vec();
+            let settings = settings.clone();
+            match tokio::task::spawn_blocking(move || append_file(&path, &records, &settings)).await
+            {
+                Ok(r) => r,
+                Err(e) => Err(StoreError::Io {
+                    path: PathBuf::from("calls.log"),
+                    source: std::io::Error::other(e.to_string()),
+                }),
+            }
         }
     }
 }

@@ -90,3 +90,27 @@ fn every_call_is_logged_to_redis_with_all_calls() {
     assert!(log.contains("\ttag\t+74951234567\t"), "{log}");
     assert!(log.contains("\tallow\t+74957654321\t"), "{log}");
 }
+
+#[test]
+fn records_of_calls_made_while_redis_was_down_are_written_once_it_is_back() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let url = redis.url();
+    cli_ok(&url, &["block", "+74951234567", "--reason", "collector"]);
+    let server = Server::start(&url, &[]);
+    redis.kill();
+    // Decided from the snapshot while Redis is away; their records wait in the writer.
+    for _ in 0..3 {
+        assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let redis = Redis::start_on(port);
+    let written = within(Duration::from_secs(15), || {
+        redis.cmd(&["XLEN", "callguard:calls"]) == ":3"
+    });
+    assert!(
+        written.is_some(),
+        "call log records lost across the outage: XLEN {}",
+        redis.cmd(&["XLEN", "callguard:calls"])
+    );
+}
