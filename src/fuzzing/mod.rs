@@ -83,8 +83,8 @@ enum AgiItem {
 ///
 /// Checks: no panic; every decode consumes 1..=buffered bytes; an incomplete message never
 /// leaves more buffered than the caps allow; the caps hold on what is decoded; any chunking
-/// gives the messages (and the error) of the whole stream at once; the call mapping accepts
-/// every environment.
+/// gives the messages and the error of the whole stream at once (except which cap error ends
+/// it); the call mapping accepts every environment.
 pub fn agi_reader(data: &[u8]) {
     let (seed, stream) = split_seed(data);
     let limits = if seed & 0x80 != 0 {
