@@ -106,6 +106,6 @@ done
 
 echo "== shellcheck"
 "$venv/bin/shellcheck" deploy/check.sh deploy/debian/postinst deploy/debian/postrm \
-    tests/run.sh tests/package/deb.sh tests/soak/soak.sh tests/bench/*.sh .ci/run
+    tests/run.sh tests/package/deb.sh tests/soak/soak.sh tests/bench/*.sh tests/fuzz/run.sh .ci/run
 
 echo "check.sh: OK"

@@ -17,6 +17,7 @@
 //! - [`loadgen`]: the load generator (FastAGI and ESL) and the baseline servers (`callguard loadgen`).
 //! - [`editbench`]: edit-to-decision latency (`callguard edit-latency`).
 //! - [`agi`]: FastAGI front end.
+//! - `fuzzing` (hidden): hostile-input checks shared by `tests/fuzz/` and the corpus replay tests.
 
 pub mod access;
 pub mod agi;
@@ -29,6 +30,8 @@ pub mod editbench;
 pub mod engine;
 pub mod esl;
 pub mod flood;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod lastcall;
 pub mod listener;

@@ -505,6 +505,7 @@ fn push_quoted(out: &mut Vec<u8>, value: &str, budget: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::peers::asterisk_reads;
     use proptest::prelude::*;
     use std::path::PathBuf;
 
@@ -963,68 +964,6 @@ mod tests {
         .expect("valid")
         .expect("complete");
         assert_eq!(env.args(), vec!["a", "b c"]);
-    }
-
-    /// Port of res_agi.c `parse_args` (without the 128-argument cap), input as the C string
-    /// `run_agi` passes: trailing "\n" removed, ends at the first NUL.
-    fn asterisk_parse_args(line: &[u8]) -> Vec<Vec<u8>> {
-        let mut args: Vec<Vec<u8>> = Vec::new();
-        let (mut quoted, mut escaped, mut whitespace) = (false, false, true);
-        for &c in line.iter().take_while(|&&c| c != 0) {
-            match c {
-                b'"' if !escaped => {
-                    quoted = !quoted;
-                    if quoted && whitespace {
-                        args.push(Vec::new());
-                        whitespace = false;
-                    }
-                    escaped = false;
-                    continue;
-                }
-                b' ' | b'\t' if !quoted && !escaped => {
-                    whitespace = true;
-                    continue;
-                }
-                b'\\' if !escaped => {
-                    escaped = true;
-                    continue;
-                }
-                _ => {}
-            }
-            if whitespace {
-                args.push(Vec::new());
-                whitespace = false;
-            }
-            if let Some(arg) = args.last_mut() {
-                arg.push(c);
-            }
-            escaped = false;
-        }
-        args
-    }
-
-    /// What Asterisk receives as command lines: split the way `run_agi` reads (up to "\n" or
-    /// `buf_len - 1` bytes) and parse each.
-    fn asterisk_reads(bytes: &[u8], buf_len: usize) -> Vec<Vec<String>> {
-        let mut commands = Vec::new();
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let take = rest
-                .iter()
-                .take(buf_len - 1)
-                .position(|&b| b == b'\n')
-                .map_or((buf_len - 1).min(rest.len()), |i| i + 1);
-            let (line, tail) = rest.split_at(take);
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            commands.push(
-                asterisk_parse_args(line)
-                    .into_iter()
-                    .map(|a| String::from_utf8(a).expect("encoder keeps UTF-8 intact"))
-                    .collect(),
-            );
-            rest = tail;
-        }
-        commands
     }
 
     fn sanitized(value: &str) -> String {

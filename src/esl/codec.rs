@@ -805,6 +805,7 @@ fn named_cause(code: u8) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fuzzing::peers::{FsPacket, fs_read_packets};
     use proptest::prelude::*;
     use std::path::{Path, PathBuf};
 
@@ -1795,47 +1796,6 @@ mod tests {
             let name = hangup_cause_name(code);
             assert!(name.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'));
         }
-    }
-
-    /// What FreeSWITCH's `read_packet` + `parse_command` see in our bytes: packets end at two LFs
-    /// with only CRs between them, empty lines before a packet are skipped, the first line is the
-    /// command, other lines split at the first `:` with leading spaces dropped (lines without `:`
-    /// are ignored).
-    type FsPacket = (String, Vec<(String, String)>);
-
-    fn fs_read_packets(bytes: &[u8]) -> Vec<FsPacket> {
-        let mut packets = Vec::new();
-        let mut cur: Vec<u8> = Vec::new();
-        let mut crcount = 0;
-        for &b in bytes {
-            if cur.is_empty() && (b == b'\r' || b == b'\n') {
-                continue;
-            }
-            cur.push(b);
-            if b == b'\n' {
-                crcount += 1;
-            } else if b != b'\r' {
-                crcount = 0;
-            }
-            if crcount == 2 {
-                let text = String::from_utf8_lossy(&cur).into_owned();
-                let mut lines = text.split(['\r', '\n']).filter(|l| !l.is_empty());
-                let command = lines.next().unwrap_or_default().to_owned();
-                let headers = lines
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(n, v)| (n.to_owned(), v.trim_start_matches(' ').to_owned()))
-                    .collect();
-                packets.push((command, headers));
-                cur.clear();
-                crcount = 0;
-            }
-        }
-        assert!(
-            cur.is_empty(),
-            "unterminated packet: {:?}",
-            String::from_utf8_lossy(&cur)
-        );
-        packets
     }
 
     /// One command, ended by the only empty line, with `lines` LFs, no other control character,

@@ -208,9 +208,7 @@ impl Client {
         let call = call_from_channel(event, peer);
         let decision = engine.decide_when_ready(&call).await;
         for (name, value) in decision_variables(&decision) {
-            let value = codec::defuse_expansion(&value);
-            self.api(&format!("uuid_setvar {uuid} {name} {value}"))
-                .await?;
+            self.api(&setvar_command(&uuid, name, &value)).await?;
         }
         let destination = event
             .get_defined("Caller-Destination-Number")
@@ -324,6 +322,16 @@ impl Client {
             }
         }
     }
+}
+
+/// The `api` command line that sets channel variable `name` of call `uuid` to `value`, with
+/// `$` defused; [`codec::encode_api`] sanitizes the line. `uuid_setvar` takes everything after
+/// the name as the value, so spaces in it are kept.
+pub fn setvar_command(uuid: &str, name: &str, value: &str) -> String {
+    format!(
+        "uuid_setvar {uuid} {name} {}",
+        codec::defuse_expansion(value)
+    )
 }
 
 /// A channel UUID as it may appear in an api command line: hex digits and dashes only.

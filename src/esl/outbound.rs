@@ -151,14 +151,7 @@ impl Conn {
             let last = i + 1 == vars.len();
             let uuid = (last && events_on).then(event_uuid);
             out.clear();
-            codec::encode_sendmsg_execute(
-                &mut out,
-                None,
-                "set",
-                &format!("{name}={}", codec::defuse_expansion(value)),
-                uuid.as_deref(),
-                last,
-            );
+            encode_set(&mut out, name, value, uuid.as_deref(), last);
             stream.write_all(&out).await?;
             if i == 0 {
                 // callguard_verdict is written.
@@ -416,6 +409,21 @@ pub fn decision_variables(decision: &Decision) -> Vec<(&'static str, String)> {
         vars.push(("callguard_tenant", tenant.to_string()));
     }
     vars
+}
+
+/// Append the `sendmsg` that sets channel variable `name` to `value` on the socket's own
+/// channel: `set name=value` with `$` defused (FreeSWITCH expands the argument) and the value
+/// sanitized by the encoder; `lock` adds `event-lock: true` and `event_uuid` the `Event-UUID`
+/// whose CHANNEL_EXECUTE_COMPLETE is awaited.
+pub fn encode_set(
+    out: &mut Vec<u8>,
+    name: &str,
+    value: &str,
+    event_uuid: Option<&str>,
+    lock: bool,
+) {
+    let arg = format!("{name}={}", codec::defuse_expansion(value));
+    codec::encode_sendmsg_execute(out, None, "set", &arg, event_uuid, lock);
 }
 
 /// A unique id for one executed application, so its completion event can be told apart.

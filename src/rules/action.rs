@@ -89,10 +89,14 @@ impl FromStr for RuleAction {
 
     fn from_str(text: &str) -> Result<RuleAction, ActionError> {
         let text = text.trim();
-        let (word, arg) = match text.find(|c: char| c.is_whitespace() || c == '(' || c == ':') {
-            Some(i) => (
+        // The separator may be a multi-byte space (U+00A0, U+0085, ...): skip its whole width.
+        let (word, arg) = match text
+            .char_indices()
+            .find(|&(_, c)| c.is_whitespace() || c == '(' || c == ':')
+        {
+            Some((i, c)) => (
                 &text[..i],
-                text[i + 1..].trim().trim_end_matches(')').trim(),
+                text[i + c.len_utf8()..].trim().trim_end_matches(')').trim(),
             ),
             None => (text, ""),
         };
@@ -208,6 +212,26 @@ mod tests {
             let action: RuleAction = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(action.to_string(), canonical);
             assert_eq!(canonical.parse::<RuleAction>(), Ok(action));
+        }
+    }
+
+    /// Found by the `rule_parser` fuzz target: a multi-byte space after the word was cut in
+    /// the middle and the parse panicked.
+    #[test]
+    fn any_space_separates_the_word() {
+        assert_eq!(
+            "hangup\u{a0}17".parse::<RuleAction>(),
+            Ok(RuleAction::Hangup { cause: 17 })
+        );
+        assert_eq!(
+            "playback\u{2003}custom/blocked".parse::<RuleAction>(),
+            Ok(RuleAction::Playback {
+                sound: "custom/blocked".into()
+            })
+        );
+        assert_eq!("busy\u{85}".parse::<RuleAction>(), Ok(RuleAction::Busy));
+        for input in ["%0A\u{85}%0A", "tag\u{3000}x"] {
+            assert!(input.parse::<RuleAction>().is_err(), "{input:?}");
         }
     }
 

@@ -318,13 +318,16 @@ impl RawMask {
             });
         }
         if self.tail == Tail::None && wild.is_empty() {
-            // No wildcard at all ("+7 495 123-45-67" with a stray bracket-free mask syntax).
+            // No wildcard at all (`_+7 495 123-45-67`, `+7495[1]234567`): the exact number a
+            // caller ID with these digits normalizes to, so that `_+74` is `invalid:+74` (what
+            // a caller sending +74 gets) and not an E.164 number no caller can have.
             let digits: String = elems
                 .iter()
                 .map(|s| char::from(b'0' + s.trailing_zeros() as u8))
                 .collect();
-            let e164 = E164::from_digits(&digits).ok_or_else(no_country)?;
-            return Ok(RulePattern::Exact(CallerNumber::E164(e164)));
+            return Ok(RulePattern::Exact(
+                normalizer.normalize(&format!("+{digits}")),
+            ));
         }
         // "One or more" is shown as one X and "zero or more": `_7495123.` -> `+7495123X*`, a
         // form that reads back the same without the `_` syntax.
@@ -543,6 +546,25 @@ mod tests {
         ] {
             let got = canon(input);
             assert!(got.contains(needle), "{input}: {got}");
+        }
+    }
+
+    /// Found by the `rule_parser` fuzz target: `_+74` became the E.164 number +74, whose
+    /// canonical text `+74` reads back as `invalid:+74`, the form callers sending it get.
+    #[test]
+    fn masks_without_wildcards_are_the_numbers_callers_get() {
+        let n = Normalizer::default();
+        for (input, expected, caller) in [
+            ("_+74", "invalid:+74", "+74"),
+            ("+74[4]", "invalid:+744", "+744"),
+            ("_+7 495 123-45-67", "+74951234567", "84951234567"),
+            ("+7495[1]234567", "+74951234567", "+7 495 123 45 67"),
+        ] {
+            assert_eq!(canon(input), expected, "{input}");
+            let again = RulePattern::parse(expected, &n).expect("canonical parses");
+            assert_eq!(again.to_string(), expected);
+            let pattern = RulePattern::parse(input, &n).expect("parses");
+            assert!(pattern.matches(&n.normalize(caller)), "{input} vs {caller}");
         }
     }
 

@@ -1,0 +1,4 @@
+//! `callguard::fuzzing::encoders`: see its docs for the input format and the invariants.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| callguard::fuzzing::encoders(data));
