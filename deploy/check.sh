@@ -8,10 +8,10 @@
 #   - the callguard.toml shipped in the image and in the ConfigMap with `serve --check-config`;
 #   - the shell scripts with shellcheck.
 # Tools go into a private virtualenv (target/lint-venv) from PyPI. CI runs this after the tests.
-#   bash deploy/check.sh [path/to/callguard]   (default: target/debug/callguard, built if missing)
+#   bash deploy/check.sh [path/to/callguard]   (default: $CARGO_TARGET_DIR or target, debug/callguard; built if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${1:-target/debug/callguard}
+bin=${1:-${CARGO_TARGET_DIR:-target}/debug/callguard}
 venv=target/lint-venv
 
 if [ ! -x "$venv/bin/hadolint" ]; then
