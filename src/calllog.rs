@@ -249,7 +249,10 @@ async fn writer(
         if pending.len() > MAX_PENDING {
             let over = pending.len() - MAX_PENDING;
             pending.drain(..over);
-            warn!(dropped = over, "call log: store away too long; oldest records dropped");
+            warn!(
+                dropped = over,
+                "call log: store away too long; oldest records dropped"
+            );
         }
     }
 }

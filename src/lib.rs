@@ -17,9 +17,11 @@
 //! - [`loadgen`]: the load generator (FastAGI and ESL) and the baseline servers (`callguard loadgen`).
 //! - [`editbench`]: edit-to-decision latency (`callguard edit-latency`).
 //! - [`agi`]: FastAGI front end.
+//! - [`api`]: the admin HTTP API (JSON rules, check, call log, floods) with bearer tokens.
 
 pub mod access;
 pub mod agi;
+pub mod api;
 pub mod bans;
 pub mod call;
 pub mod calllog;
