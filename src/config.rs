@@ -1105,6 +1105,32 @@ mod tests {
         let text = include_str!("../deploy/callguard.toml");
         let config = Config::from_toml(text).expect("deploy/callguard.toml must parse");
         assert_eq!(config.agi.listen, "127.0.0.1:4573");
+        assert_eq!(config.api.listen_addr(), None, "the API ships off");
+        assert!(config.api.tokens.is_empty());
+    }
+
+    #[test]
+    fn api_tokens_are_checked_at_load() {
+        let hash = "a".repeat(64);
+        let ok = format!(
+            "[api]\nlisten = \"127.0.0.1:9574\"\n[[api.tokens]]\ntoken_sha256 = \"{hash}\"\nscope = \"global\"\n"
+        );
+        let config = Config::from_toml(&ok).expect("valid api config");
+        assert_eq!(config.api.listen_addr(), Some("127.0.0.1:9574"));
+        assert!(config.api_tokens().is_ok_and(|t| !t.is_empty()));
+        for bad in [
+            "[api]\nlisten = \"nowhere\"\n".to_owned(),
+            "[api]\nmax_connections = 0\n".to_owned(),
+            "[api]\nmax_body_bytes = 10\n".to_owned(),
+            "[api]\nallow_from = [\"10.0.0.0/33\"]\n".to_owned(),
+            "[[api.tokens]]\ntoken_sha256 = \"abc\"\nscope = \"global\"\n".to_owned(),
+            format!("[[api.tokens]]\ntoken_sha256 = \"{hash}\"\n"),
+            format!(
+                "[[api.tokens]]\ntoken = \"cg_x\"\ntoken_sha256 = \"{hash}\"\nscope = \"global\"\n"
+            ),
+        ] {
+            assert!(Config::from_toml(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
