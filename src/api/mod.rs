@@ -87,6 +87,9 @@ enum Read {
 async fn read_request(stream: &mut TcpStream, max_body: usize) -> std::io::Result<Read> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
+    // One deadline for the whole head, not per read: a byte every few seconds must not hold
+    // a connection slot for long.
+    let head_deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
     let head_len = loop {
         if let Some(end) = head_end(&buf) {
             break end;
@@ -97,7 +100,7 @@ async fn read_request(stream: &mut TcpStream, max_body: usize) -> std::io::Resul
                 "request head too large",
             )));
         }
-        let n = match timeout(HEAD_TIMEOUT, stream.read(&mut chunk)).await {
+        let n = match tokio::time::timeout_at(head_deadline, stream.read(&mut chunk)).await {
             Ok(read) => read?,
             Err(_elapsed) => {
                 return Ok(Read::Answer(routes::Response::error(
@@ -200,4 +203,108 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, state: ApiSt
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server on port 0 over an embedded store in `dir`, with no tokens.
+    async fn start(dir: &std::path::Path) -> (SocketAddr, CancellationToken) {
+        let normalizer = crate::number::Normalizer::default();
+        let store = Store::Local(
+            crate::store::LocalStore::open(&dir.join("lists.toml"), normalizer.clone())
+                .expect("store"),
+        );
+        let snapshot = SnapshotHandle::new();
+        let engine = Engine::new(snapshot.clone(), normalizer, Default::default());
+        let state = ApiState {
+            store,
+            snapshot,
+            engine,
+            tokens: Arc::new(ArcSwap::from_pointee(Tokens::default())),
+            call_log: None,
+            call_log_keep_files: 1,
+            max_body_bytes: 1024,
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        let policy = crate::listener::shared(crate::listener::ListenerPolicy {
+            max_connections: 4,
+            allow: crate::access::AllowList::loopback(),
+        });
+        tokio::spawn(serve(listener, state, policy, shutdown.clone()));
+        (addr, shutdown)
+    }
+
+    async fn answer_to(addr: SocketAddr, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_times_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (addr, shutdown) = start(dir.path()).await;
+        let started = tokio::time::Instant::now();
+        let r = answer_to(
+            addr,
+            b"POST /api/rules HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"rule\"",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+        assert!(r.contains("{\n  \"error\": \"request timeout\"\n}"), "{r}");
+        assert!(started.elapsed() >= BODY_TIMEOUT);
+        shutdown.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_trickled_in_times_out_as_a_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (addr, shutdown) = start(dir.path()).await;
+        let started = tokio::time::Instant::now();
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        // A byte a second: each read is quick, the head never completes.
+        for b in b"GET /api/rules HTTP/1.1\r\nHost: x" {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if started.elapsed() > HEAD_TIMEOUT + Duration::from_secs(1) {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        let r = String::from_utf8_lossy(&out);
+        assert!(r.starts_with("HTTP/1.1 408 "), "{r}");
+        assert!(started.elapsed() <= HEAD_TIMEOUT + Duration::from_secs(2));
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn no_tokens_configured_means_every_request_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (addr, shutdown) = start(dir.path()).await;
+        let r = answer_to(
+            addr,
+            b"GET /api/rules HTTP/1.1\r\nAuthorization: Bearer anything\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 401 "), "{r}");
+        let big = format!(
+            "GET /api/rules HTTP/1.1\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_HEAD)
+        );
+        assert!(
+            answer_to(addr, big.as_bytes())
+                .await
+                .starts_with("HTTP/1.1 431 ")
+        );
+        shutdown.cancel();
+    }
 }

@@ -598,3 +598,36 @@ fn api_is_off_by_default_and_refuses_sources_outside_allow_from() {
     );
     assert_eq!(r.status, 0, "refused connections get no answer: {r:?}");
 }
+
+#[test]
+fn sighup_adds_and_revokes_tokens() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let first = tokens();
+    let (server, addr, cfg_dir) = start(store, &first, "");
+    assert_eq!(
+        api(addr, "GET", "/api/floods", Some(&first.global), None).status,
+        200
+    );
+    // Replace every token with new ones: the old stop working, the new start, no restart.
+    let second = tokens();
+    std::fs::write(
+        cfg_dir.path().join("callguard.toml"),
+        format!("[api]\nlisten = \"127.0.0.1:0\"\n{}", second.config),
+    )
+    .expect("rewrite config");
+    server.signal("HUP");
+    assert!(
+        server
+            .wait_log("config reloaded", Duration::from_secs(5))
+            .is_some()
+    );
+    assert_eq!(
+        api(addr, "GET", "/api/floods", Some(&first.global), None).status,
+        401
+    );
+    assert_eq!(
+        api(addr, "GET", "/api/floods", Some(&second.global), None).status,
+        200
+    );
+}
