@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Redis, Server, agi_call, api, cli_ok, http_raw, temp_store, within};
+use crate::support::{
+    Redis, Server, agi_call, api, cli_ok, http_get, http_raw, metric_sum, temp_store, within,
+};
 
 /// A global token and a tenant (acme) token with their `[[api.tokens]]` config.
 struct Tokens {
@@ -597,6 +599,13 @@ fn api_is_off_by_default_and_refuses_sources_outside_allow_from() {
         None,
     );
     assert_eq!(r.status, 0, "refused connections get no answer: {r:?}");
+    let (_, text) = http_get(server.metrics.expect("metrics"), "/metrics");
+    let refused = metric_sum(
+        &text,
+        "callguard_connections_refused_total",
+        &["listener=\"api\"", "reason=\"not_allowed\""],
+    );
+    assert_eq!(refused, 1.0, "{text}");
 }
 
 #[test]
