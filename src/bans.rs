@@ -113,6 +113,14 @@ impl FloodHook {
         }
     }
 
+    /// How many DIDs and tenants are under attack now.
+    pub fn targets_under_attack(&self) -> (usize, usize) {
+        (
+            self.attacked[0].load(Ordering::Relaxed),
+            self.attacked[1].load(Ordering::Relaxed),
+        )
+    }
+
     /// Hands bans to the writer and counts what fired; never waits.
     pub fn report(&self, detections: Detections) {
         for ban in detections.bans {

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallEvent, Protocol};
@@ -15,7 +14,7 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::engine;
 use crate::rules::{self, CallFacts, Entry, ListKind, RulePattern, Snapshot, Tenant};
 use crate::store::{
-    EntryMeta, Store, StoreError, current_actor, entry_from_parts, format_time, parse_time,
+    EntryJson, EntryMeta, Store, StoreError, current_actor, format_time, new_entry, parse_time,
 };
 
 /// callguard: call screening for Asterisk and FreeSWITCH.
@@ -80,6 +79,24 @@ pub enum Command {
     /// Measure how long an edit (`callguard block` and plain `redis-cli SET`) takes to reach a
     /// running server's decisions: blocks fresh numbers in --store, calls until blocked.
     EditLatency(EditLatencyArgs),
+    /// Make a new admin API token: prints the token (give it to the API client; it is not
+    /// stored anywhere) and the `[[api.tokens]]` entry with its SHA-256 for callguard.toml.
+    ApiToken {
+        /// The token sees and edits only this tenant's rules.
+        #[arg(
+            long,
+            value_name = "TENANT",
+            required_unless_present = "global",
+            conflicts_with = "global"
+        )]
+        tenant: Option<String>,
+        /// The token sees and edits every tenant's rules and the global lists.
+        #[arg(long)]
+        global: bool,
+        /// A label for logs and `added_by` (default: the tenant, or `admin`).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Health check for containers and scripts: GET an http:// URL (e.g.
     /// http://127.0.0.1:9573/readyz); print the body and exit 0 on 200, else the reason and 1.
     Probe {
@@ -478,6 +495,30 @@ pub async fn run(
         Command::Export(args) => export(&config, args, &mut out).await?,
         Command::Log(args) => show_log(&config, args, &mut out).await?,
         Command::Loadgen(args) => return loadgen(&config, args, &mut out).await,
+        Command::ApiToken {
+            tenant,
+            global: _,
+            name,
+        } => {
+            let tenant = tenant.as_deref().map(parse_tenant).transpose()?;
+            let (token, hash) = crate::api::auth::mint()
+                .map_err(|_| CliError::Usage("the system random source failed".into()))?;
+            let name = name.unwrap_or_else(|| {
+                tenant
+                    .as_ref()
+                    .map_or_else(|| "admin".to_owned(), ToString::to_string)
+            });
+            let scope = match &tenant {
+                Some(t) => format!("tenant = {:?}", t.as_str()),
+                None => "scope = \"global\"".to_owned(),
+            };
+            writeln!(out, "token: {token}")?;
+            writeln!(
+                out,
+                "\n# Add to callguard.toml (only the hash is stored), then reload (SIGHUP):\n\
+                 [[api.tokens]]\nname = {name:?}\ntoken_sha256 = \"{hash}\"\n{scope}"
+            )?;
+        }
         Command::Probe { url, timeout } => match crate::http::probe(&url, timeout).await {
             Ok(body) => write!(out, "{body}")?,
             Err(e) => {
@@ -672,16 +713,16 @@ async fn add(
     };
     let mut entries = Vec::with_capacity(patterns.len());
     for pattern in &patterns {
-        let mut entry = entry_from_parts(
+        let entry = new_entry(
             &normalizer,
             tenant.clone(),
             list,
             &pattern.to_string(),
             meta.clone(),
             args.ttl.map(|ttl| now + ttl),
+            now,
         )
         .map_err(|e| CliError::Usage(e.to_string()))?;
-        entry.added_at = Some(now);
         entries.push(entry);
     }
     open_store(config).await?.put(&entries).await?;
@@ -776,19 +817,7 @@ async fn check(config: &Config, args: CheckArgs, out: &mut impl Write) -> Result
     writeln!(out, "{line}")?;
     if args.explain {
         for m in matches.iter().filter(|m| !m.winner) {
-            let why = match winner {
-                _ if !m.applies => "does not apply now (expired or outside its schedule)",
-                Some(w) if w.level != m.level => {
-                    "lost: a rule in a narrower scope decided (tenant+did, tenant, global+did, global)"
-                }
-                Some(w) if w.entry.pattern.breadth() < m.entry.pattern.breadth() => {
-                    "lost: a more specific rule in the same scope decided"
-                }
-                Some(w) if w.entry.list == ListKind::Allow && m.entry.list == ListKind::Block => {
-                    "lost: as specific, and allow beats block"
-                }
-                _ => "lost: as specific, and the smaller canonical text decided",
-            };
+            let why = m.why_lost(winner);
             writeln!(out, "  also matched: {} - {why}", describe_match(m))?;
         }
         if matches.is_empty() {
@@ -1027,30 +1056,6 @@ fn describe_row(e: &Entry) -> String {
     )
 }
 
-#[derive(Serialize)]
-struct EntryJson {
-    tenant: Option<String>,
-    list: ListKind,
-    kind: &'static str,
-    rule: String,
-    #[serde(flatten)]
-    meta: EntryMeta,
-    expires_at: Option<String>,
-}
-
-impl EntryJson {
-    fn of(e: &Entry) -> EntryJson {
-        EntryJson {
-            tenant: e.tenant.as_ref().map(ToString::to_string),
-            list: e.list,
-            kind: e.pattern.kind(),
-            rule: e.pattern.to_string(),
-            meta: EntryMeta::of(e),
-            expires_at: e.expires_at.map(format_time),
-        }
-    }
-}
-
 /// What `serve --check-config` prints for a valid configuration.
 fn config_summary(config: &Config, file: Option<&std::path::Path>) -> String {
     let source = match file {
@@ -1067,6 +1072,7 @@ fn config_summary(config: &Config, file: Option<&std::path::Path>) -> String {
          agi:      {} (allow_from: {})\n\
          esl:      {} (allow_from: {})\n\
          metrics:  {} (allow_from: {})\n\
+         api:      {} (allow_from: {}, {} tokens)\n\
          fail:     {} after {} ms without a list\n",
         crate::store::redacted(&config.store),
         config.agi.listen,
@@ -1075,6 +1081,9 @@ fn config_summary(config: &Config, file: Option<&std::path::Path>) -> String {
         config.esl.allow_from.join(", "),
         off(config.metrics.listen_addr()),
         config.metrics.allow_from.join(", "),
+        off(config.api.listen_addr()),
+        config.api.allow_from.join(", "),
+        config.api.tokens.len(),
         config.fail_policy.as_str(),
         config.decision_budget_ms,
     )

@@ -67,6 +67,8 @@ pub struct Config {
     pub call_log: CallLogConfig,
     /// Prometheus metrics and health endpoints.
     pub metrics: MetricsConfig,
+    /// The admin HTTP API (off by default).
+    pub api: ApiConfig,
     /// Flood detection and automatic bans.
     pub flood: FloodConfig,
     /// Redis store.
@@ -91,6 +93,7 @@ impl Default for Config {
             esl_inbound: EslInboundSettings::default(),
             call_log: CallLogConfig::default(),
             metrics: MetricsConfig::default(),
+            api: ApiConfig::default(),
             flood: FloodConfig::default(),
             redis: RedisSettings::default(),
             local: LocalSettings::default(),
@@ -514,6 +517,58 @@ impl MetricsConfig {
     }
 }
 
+/// `[api]`: the admin HTTP API (JSON) on its own listener; off unless `listen` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Listen address (e.g. `127.0.0.1:9574`), or `off`.
+    pub listen: String,
+    /// Source addresses (CIDR or single addresses) allowed to connect.
+    pub allow_from: Vec<String>,
+    /// Most requests served at once; more are refused (closed).
+    pub max_connections: usize,
+    /// Largest request body accepted; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Bearer tokens, stored as SHA-256 hashes (`callguard api-token` makes them).
+    pub tokens: Vec<ApiTokenConfig>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "off".into(),
+            allow_from: crate::access::default_allow_from(),
+            max_connections: 16,
+            max_body_bytes: 64 * 1024,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The address to listen on, `None` when `listen = "off"`.
+    pub fn listen_addr(&self) -> Option<&str> {
+        (!self.listen.trim().eq_ignore_ascii_case("off")).then_some(self.listen.trim())
+    }
+}
+
+/// One `[[api.tokens]]` entry: the hash of a bearer token and what it may touch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTokenConfig {
+    /// A label for logs and `added_by` (`api:NAME`), e.g. who holds the token.
+    #[serde(default)]
+    pub name: String,
+    /// Lowercase hex SHA-256 of the token text; the token itself is never stored.
+    pub token_sha256: String,
+    /// The one tenant this token sees and edits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// `global`: every tenant and the global lists. Exactly one of `tenant` and `scope`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
 /// `[call_log]`: a record of screened calls (`callguard log`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -810,6 +865,25 @@ impl Config {
         self.agi_allow()?;
         self.esl_allow()?;
         self.metrics_allow()?;
+        self.api_allow()?;
+        self.api_tokens()?;
+        if let Some(addr) = self.api.listen_addr()
+            && let Err(e) = addr.parse::<SocketAddr>()
+        {
+            return invalid(
+                "api.listen",
+                format!("{addr:?} is not an address:port or \"off\" ({e})"),
+            );
+        }
+        if self.api.max_connections == 0 {
+            return invalid("api.max_connections", "must be at least 1".into());
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.api.max_body_bytes) {
+            return invalid(
+                "api.max_body_bytes",
+                "must be between 1024 and 16777216".into(),
+            );
+        }
         let positive = [
             ("agi.read_timeout_ms", self.agi.read_timeout_ms),
             ("agi.reply_timeout_ms", self.agi.reply_timeout_ms),
@@ -877,6 +951,19 @@ impl Config {
     /// `metrics.allow_from`, parsed.
     pub fn metrics_allow(&self) -> Result<AllowList, ConfigError> {
         allow_list("metrics.allow_from", &self.metrics.allow_from)
+    }
+
+    /// `api.allow_from`, parsed.
+    pub fn api_allow(&self) -> Result<AllowList, ConfigError> {
+        allow_list("api.allow_from", &self.api.allow_from)
+    }
+
+    /// `[[api.tokens]]`, checked: hashes and scopes.
+    pub fn api_tokens(&self) -> Result<crate::api::auth::Tokens, ConfigError> {
+        crate::api::auth::Tokens::from_config(&self.api.tokens).map_err(|e| ConfigError::Invalid {
+            key: "api.tokens",
+            message: e.to_string(),
+        })
     }
 
     /// The normalizer for `default_country` with the built-in plans plus `numbering_plans`.
@@ -1018,6 +1105,32 @@ mod tests {
         let text = include_str!("../deploy/callguard.toml");
         let config = Config::from_toml(text).expect("deploy/callguard.toml must parse");
         assert_eq!(config.agi.listen, "127.0.0.1:4573");
+        assert_eq!(config.api.listen_addr(), None, "the API ships off");
+        assert!(config.api.tokens.is_empty());
+    }
+
+    #[test]
+    fn api_tokens_are_checked_at_load() {
+        let hash = "a".repeat(64);
+        let ok = format!(
+            "[api]\nlisten = \"127.0.0.1:9574\"\n[[api.tokens]]\ntoken_sha256 = \"{hash}\"\nscope = \"global\"\n"
+        );
+        let config = Config::from_toml(&ok).expect("valid api config");
+        assert_eq!(config.api.listen_addr(), Some("127.0.0.1:9574"));
+        assert!(config.api_tokens().is_ok_and(|t| !t.is_empty()));
+        for bad in [
+            "[api]\nlisten = \"nowhere\"\n".to_owned(),
+            "[api]\nmax_connections = 0\n".to_owned(),
+            "[api]\nmax_body_bytes = 10\n".to_owned(),
+            "[api]\nallow_from = [\"10.0.0.0/33\"]\n".to_owned(),
+            "[[api.tokens]]\ntoken_sha256 = \"abc\"\nscope = \"global\"\n".to_owned(),
+            format!("[[api.tokens]]\ntoken_sha256 = \"{hash}\"\n"),
+            format!(
+                "[[api.tokens]]\ntoken = \"cg_x\"\ntoken_sha256 = \"{hash}\"\nscope = \"global\"\n"
+            ),
+        ] {
+            assert!(Config::from_toml(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

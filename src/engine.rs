@@ -84,6 +84,16 @@ impl Engine {
         self
     }
 
+    /// The settings decisions use now.
+    pub fn settings(&self) -> Arc<EngineSettings> {
+        self.settings.load_full()
+    }
+
+    /// The flood detectors' hook, when flood detection is on.
+    pub fn flood(&self) -> Option<&FloodHook> {
+        self.flood.as_ref()
+    }
+
     /// Replaces the settings of this engine and all its clones (config reload).
     pub fn reconfigure(&self, settings: EngineSettings) {
         self.settings.store(Arc::new(settings));

@@ -18,9 +18,11 @@
 //! - [`editbench`]: edit-to-decision latency (`callguard edit-latency`).
 //! - [`agi`]: FastAGI front end.
 //! - `fuzzing` (hidden): hostile-input checks shared by `tests/fuzz/` and the corpus replay tests.
+//! - [`api`]: the admin HTTP API (JSON rules, check, call log, floods) with bearer tokens.
 
 pub mod access;
 pub mod agi;
+pub mod api;
 pub mod bans;
 pub mod call;
 pub mod calllog;

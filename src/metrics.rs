@@ -115,7 +115,7 @@ pub const FLOOD_DETECTORS: &[&str] = &["per_caller", "range", "fan_out", "target
 /// The `kind` values of [`TARGETS_UNDER_ATTACK`] (`crate::flood::TargetKind::as_str`).
 pub const TARGET_KINDS: &[&str] = &["did", "tenant"];
 /// The `listener` values of [`CONNECTIONS_REFUSED_TOTAL`].
-pub const LISTENERS: &[&str] = &["agi", "esl", "metrics"];
+pub const LISTENERS: &[&str] = &["agi", "esl", "metrics", "api"];
 /// The `policy` values of [`FAIL_POLICY_DECISIONS_TOTAL`].
 pub const FAIL_POLICIES: &[&str] = &["fail_open", "fail_closed"];
 
@@ -437,7 +437,7 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,
         Unit::Count,
-        "Connections closed at once without a session, by listener (agi, esl, metrics) and \
+        "Connections closed at once without a session, by listener (agi, esl, metrics, api) and \
          reason (not_allowed: source address outside allow_from; max_connections: full)."
     );
     describe_counter!(

@@ -151,6 +151,8 @@ pub async fn serve_with_reload(
     }
     let live = Arc::new(Live {
         engine: engine.clone(),
+        api_policy: crate::listener::shared(api_policy(&config)?),
+        api_tokens: Arc::new(ArcSwap::from_pointee(config.api_tokens()?)),
         agi_policy: crate::listener::shared(agi_policy(&config)?),
         esl_policy: crate::listener::shared(esl_policy(&config)?),
         metrics_policy: crate::listener::shared(metrics_policy(&config)?),
@@ -158,6 +160,18 @@ pub async fn serve_with_reload(
         esl_settings: Arc::new(ArcSwap::from_pointee(esl_settings(&config))),
         running: Mutex::new(config.clone()),
     });
+    let api_state = crate::api::ApiState {
+        store: store.clone(),
+        snapshot: snapshot.clone(),
+        engine: engine.clone(),
+        tokens: live.api_tokens.clone(),
+        call_log: config
+            .call_log
+            .enabled
+            .then(|| config.call_log_sink(&store)),
+        call_log_keep_files: config.call_log.keep_files,
+        max_body_bytes: config.api.max_body_bytes,
+    };
     let context = AgiContext {
         engine,
         last_callers: LastCallers::default(),
@@ -190,10 +204,21 @@ pub async fn serve_with_reload(
     let metrics_shown = metrics_listener
         .as_ref()
         .map_or_else(|| "off".to_owned(), |(_, local)| local.to_string());
+    let api_listener = match config.api.listen_addr() {
+        Some(addr) => Some(bind(addr.to_owned()).await?),
+        None => None,
+    };
+    let api_shown = api_listener
+        .as_ref()
+        .map_or_else(|| "off".to_owned(), |(_, local)| local.to_string());
+    if api_listener.is_some() && live.api_tokens.load().is_empty() {
+        warn!("api is listening but [[api.tokens]] is empty: every request gets 401");
+    }
     info!(
         agi = %agi_local,
         esl = %esl_shown,
         metrics = %metrics_shown,
+        api = %api_shown,
         store = %crate::store::redacted(&config.store),
         "callguard listening"
     );
@@ -228,6 +253,16 @@ pub async fn serve_with_reload(
             state,
             metrics_policy,
             metrics_stop.clone(),
+        ))
+    });
+
+    // Stops with the PBX listeners: an edit arriving during shutdown is refused, not half done.
+    let api_task = api_listener.map(|(listener, _)| {
+        tokio::spawn(crate::api::serve(
+            listener,
+            api_state,
+            live.api_policy.clone(),
+            shutdown.clone(),
         ))
     });
 
@@ -267,6 +302,11 @@ pub async fn serve_with_reload(
         }
     };
     tokio::join!(agi, esl);
+    if let Some(task) = api_task
+        && let Err(e) = task.await
+    {
+        warn!(error = %e, "api listener failed");
+    }
     if let Err(e) = sync_task.await {
         warn!(error = %e, "store sync task failed");
     }
@@ -285,6 +325,8 @@ struct Live {
     agi_policy: SharedPolicy,
     esl_policy: SharedPolicy,
     metrics_policy: SharedPolicy,
+    api_policy: SharedPolicy,
+    api_tokens: crate::api::SharedTokens,
     agi_settings: Arc<ArcSwap<SessionSettings>>,
     esl_settings: Arc<ArcSwap<EslSessionSettings>>,
     // The config the process runs with, for telling what a reload changed.
@@ -300,7 +342,11 @@ impl Live {
         let agi = agi_policy(&new)?;
         let esl = esl_policy(&new)?;
         let metrics = metrics_policy(&new)?;
+        let api = api_policy(&new)?;
+        let tokens = new.api_tokens()?;
         self.engine.reconfigure(engine);
+        self.api_policy.store(Arc::new(api));
+        self.api_tokens.store(Arc::new(tokens));
         self.agi_policy.store(Arc::new(agi));
         self.esl_policy.store(Arc::new(esl));
         self.metrics_policy.store(Arc::new(metrics));
@@ -339,6 +385,11 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         ("esl.listen", old.esl.listen != new.esl.listen),
         ("esl_inbound", differs(&old.esl_inbound, &new.esl_inbound)),
         ("metrics.listen", old.metrics.listen != new.metrics.listen),
+        ("api.listen", old.api.listen != new.api.listen),
+        (
+            "api.max_body_bytes",
+            old.api.max_body_bytes != new.api.max_body_bytes,
+        ),
         (
             "metrics.tenant_cap",
             old.metrics.tenant_cap != new.metrics.tenant_cap,
@@ -371,6 +422,13 @@ fn metrics_policy(config: &Config) -> Result<ListenerPolicy, ConfigError> {
     Ok(ListenerPolicy {
         max_connections: crate::http::MAX_CONNECTIONS,
         allow: config.metrics_allow()?,
+    })
+}
+
+fn api_policy(config: &Config) -> Result<ListenerPolicy, ConfigError> {
+    Ok(ListenerPolicy {
+        max_connections: config.api.max_connections,
+        allow: config.api_allow()?,
     })
 }
 

@@ -916,6 +916,26 @@ pub struct Match<'a> {
     pub winner: bool,
 }
 
+impl Match<'_> {
+    /// Why this match did not decide the call, given the one that did (`check --explain` and
+    /// the admin API's `/api/check` both say it this way).
+    pub fn why_lost(&self, winner: Option<&Match<'_>>) -> &'static str {
+        match winner {
+            _ if !self.applies => "does not apply now (expired or outside its schedule)",
+            Some(w) if w.level != self.level => {
+                "lost: a rule in a narrower scope decided (tenant+did, tenant, global+did, global)"
+            }
+            Some(w) if w.entry.pattern.breadth() < self.entry.pattern.breadth() => {
+                "lost: a more specific rule in the same scope decided"
+            }
+            Some(w) if w.entry.list == ListKind::Allow && self.entry.list == ListKind::Block => {
+                "lost: as specific, and allow beats block"
+            }
+            _ => "lost: as specific, and the smaller canonical text decided",
+        }
+    }
+}
+
 /// Every rule that matches the call, the deciding one first, then by scope and precedence.
 pub fn explain<'a>(
     facts: CallFacts<'_>,

@@ -242,6 +242,61 @@ pub enum RecordError {
     /// A DID that is not a number.
     #[error("did {0:?} is not a number")]
     BadDid(String),
+    /// An empty rule text (an edit, not a stored key).
+    #[error("empty number; to block withheld numbers write `anonymous`")]
+    Empty,
+}
+
+/// A rule being added (`callguard block`/`allow`, the admin API): as [`entry_from_parts`],
+/// but an empty text is refused rather than read as a withheld number, and it is stamped `now`.
+pub fn new_entry(
+    normalizer: &Normalizer,
+    tenant: Option<Tenant>,
+    list: ListKind,
+    rule_text: &str,
+    meta: EntryMeta,
+    expires_at: Option<SystemTime>,
+    now: SystemTime,
+) -> Result<Entry, RecordError> {
+    if rule_text.trim().is_empty() {
+        return Err(RecordError::Empty);
+    }
+    let mut entry = entry_from_parts(normalizer, tenant, list, rule_text, meta, expires_at)?;
+    entry.added_at = Some(now);
+    Ok(entry)
+}
+
+/// An entry as JSON (`callguard list --json`, the admin API): canonical rule, its kind,
+/// tenant (`null` = global), the stored bookkeeping and the expiry.
+#[derive(Debug, Serialize)]
+pub struct EntryJson {
+    /// Tenant, `None` for the global list.
+    pub tenant: Option<String>,
+    /// Block or allow.
+    pub list: ListKind,
+    /// `exact`, `mask`, `prefix`, `range`...
+    pub kind: &'static str,
+    /// Canonical rule text.
+    pub rule: String,
+    /// Reason, action, DIDs, schedule, who and when.
+    #[serde(flatten)]
+    pub meta: EntryMeta,
+    /// RFC 3339 expiry, if any.
+    pub expires_at: Option<String>,
+}
+
+impl EntryJson {
+    /// The JSON view of `e`.
+    pub fn of(e: &Entry) -> EntryJson {
+        EntryJson {
+            tenant: e.tenant.as_ref().map(ToString::to_string),
+            list: e.list,
+            kind: e.pattern.kind(),
+            rule: e.pattern.to_string(),
+            meta: EntryMeta::of(e),
+            expires_at: e.expires_at.map(format_time),
+        }
+    }
 }
 
 /// Builds an entry from stored parts; `rule_text` and the DIDs may be in any format.

@@ -2,6 +2,7 @@
 //! FastAGI bytes from Asterisk 22 captures. One test binary (see tests/it/support).
 
 mod agi;
+mod api;
 mod calllog;
 mod cli;
 mod dialplan;

@@ -43,7 +43,7 @@ fn acl_user_and_wrong_password() {
     assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
     cli_ok(&url, &["block", "+7 812 333-22-11"]);
     assert!(
-        within(Duration::from_secs(2), || {
+        within(Duration::from_secs(5), || {
             agi_call(server.agi, "78123332211").verdict() == "block"
         })
         .is_some(),
@@ -169,7 +169,7 @@ fn tls_with_a_private_ca_and_client_certificate() {
     assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
     cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
     assert!(
-        within(Duration::from_secs(2), || {
+        within(Duration::from_secs(5), || {
             agi_call(server.agi, "78123332211").verdict() == "block"
         })
         .is_some(),
@@ -180,7 +180,7 @@ fn tls_with_a_private_ca_and_client_certificate() {
         "OK"
     );
     assert!(
-        within(Duration::from_secs(2), || {
+        within(Duration::from_secs(5), || {
             agi_call(server.agi, "+73831112233").verdict() == "block"
         })
         .is_some(),
@@ -279,7 +279,7 @@ fn cluster_loads_every_master_and_follows_edits_on_each() {
     }
     for (_, caller) in spellings {
         assert!(
-            within(Duration::from_secs(2), || {
+            within(Duration::from_secs(5), || {
                 agi_call(server.agi, caller).verdict() == "block"
             })
             .is_some(),
@@ -289,7 +289,7 @@ fn cluster_loads_every_master_and_follows_edits_on_each() {
     }
     cli_ok(&url, &["block", "+7 383 000-00-07"]);
     assert!(
-        within(Duration::from_secs(2), || {
+        within(Duration::from_secs(5), || {
             agi_call(server.agi, "73830000007").verdict() == "block"
         })
         .is_some(),
@@ -308,7 +308,7 @@ fn cluster_loads_every_master_and_follows_edits_on_each() {
         numbers[0].as_str(),
     ] {
         assert!(
-            within(Duration::from_secs(2), || {
+            within(Duration::from_secs(5), || {
                 agi_call(server.agi, caller).verdict() == "allow"
             })
             .is_some(),
@@ -605,7 +605,7 @@ fn sentinel_with_passwords_on_nodes_and_sentinels() {
     assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
     cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
     assert!(
-        within(Duration::from_secs(2), || {
+        within(Duration::from_secs(5), || {
             agi_call(server.agi, "78123332211").verdict() == "block"
         })
         .is_some(),
@@ -647,7 +647,7 @@ fn sentinel_and_cluster_over_tls() {
         );
         cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
         assert!(
-            within(Duration::from_secs(2), || {
+            within(Duration::from_secs(5), || {
                 agi_call(server.agi, "78123332211").verdict() == "block"
             })
             .is_some(),

@@ -165,6 +165,8 @@ pub struct Server {
     pub esl: Option<SocketAddr>,
     /// Where it serves /metrics, /healthz, /readyz (None when `metrics.listen = "off"`).
     pub metrics: Option<SocketAddr>,
+    /// Where it serves the admin API (None unless `api.listen` is set).
+    pub api: Option<SocketAddr>,
     logs: mpsc::Receiver<String>,
 }
 
@@ -211,6 +213,7 @@ impl Server {
         let mut agi = None;
         let mut esl = None;
         let mut metrics = None;
+        let mut api = None;
         let mut ready = !wait_snapshot;
         let deadline = Instant::now() + Duration::from_secs(20);
         while agi.is_none() || !ready {
@@ -227,6 +230,9 @@ impl Server {
             if let Some(rest) = line.split("metrics=").nth(1) {
                 metrics = rest.split_whitespace().next().and_then(|a| a.parse().ok());
             }
+            if let Some(rest) = line.split(" api=").nth(1) {
+                api = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            }
             ready |= line.contains("snapshot published");
         }
         Server {
@@ -234,6 +240,7 @@ impl Server {
             agi: agi.expect("agi address"),
             esl,
             metrics,
+            api,
             logs: rx,
         }
     }
@@ -524,4 +531,63 @@ pub fn metric_sum(text: &str, metric: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// An HTTP/1.1 answer: status, header lines, body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// Status code (0 when the server answered nothing).
+    pub status: u16,
+    /// Header lines as sent.
+    pub headers: Vec<String>,
+    /// Body text.
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// Sends raw request bytes, reads the whole answer and splits it.
+pub fn http_raw(addr: SocketAddr, request: &[u8]) -> HttpAnswer {
+    let out = String::from_utf8_lossy(&raw_session(addr, request)).into_owned();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    HttpAnswer {
+        status,
+        headers: lines.map(str::to_owned).collect(),
+        body: body.to_owned(),
+    }
+}
+
+/// One admin API request: `method target` with an optional bearer token and JSON body.
+pub fn api(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+    json: Option<&str>,
+) -> HttpAnswer {
+    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: callguard\r\n");
+    if let Some(token) = token {
+        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    if let Some(body) = json {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    http_raw(addr, request.as_bytes())
 }

@@ -1,0 +1,554 @@
+//! Admin API routes: one function per endpoint, JSON in and out, tenant scoping of every
+//! read and write. Errors are `{"error": "..."}` with a status that says whose fault it is.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::ApiState;
+use super::auth::{Caller, Scope};
+use super::request::Head;
+use crate::call::{CallEvent, Protocol};
+use crate::calllog::{self, CallRecord, Sink};
+use crate::number::CallerNumber;
+use crate::rules::{self, CallFacts, Entry, ListKind, RulePattern, Tenant};
+use crate::store::{EntryJson, EntryMeta, Store, format_time, new_entry, parse_time};
+
+/// The OpenAPI 3 description of every route, served at `/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route served: path and methods (the OpenAPI test holds the document to this list).
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/api/rules", &["GET", "POST", "DELETE"]),
+    ("/api/check", &["GET"]),
+    ("/api/calls", &["GET"]),
+    ("/api/floods", &["GET"]),
+    ("/api/openapi.json", &["GET"]),
+];
+
+/// Most rules one listing returns; `limit` may ask for fewer.
+const MAX_LIST: usize = 10_000;
+/// Rules returned when no `limit` is given.
+const DEFAULT_LIST: usize = 1_000;
+/// Most call records one read returns.
+const MAX_CALLS: usize = 10_000;
+const DEFAULT_CALLS: usize = 100;
+
+/// A response ready to encode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// JSON body.
+    pub body: Value,
+    /// A body already encoded (the stored OpenAPI document), sent instead of `body`.
+    pub raw: Option<&'static str>,
+    /// Extra header lines (without CRLF).
+    pub extra: Vec<String>,
+}
+
+impl Response {
+    fn ok(status: u16, body: Value) -> Response {
+        Response {
+            status,
+            body,
+            raw: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// `{"error": message}` with `status`.
+    pub fn error(status: u16, message: &str) -> Response {
+        Response::ok(status, json!({ "error": message }))
+    }
+
+    /// The bytes on the wire: one response, then the connection closes.
+    pub fn encode(&self) -> Vec<u8> {
+        let body = if let Some(raw) = self.raw {
+            raw.to_owned()
+        } else {
+            let mut text = serde_json::to_string_pretty(&self.body).unwrap_or_default();
+            text.push('\n');
+            text
+        };
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\nCache-Control: no-store\r\n",
+            self.status,
+            reason_phrase(self.status),
+            body.len()
+        );
+        for line in &self.extra {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        out.push_str(&body);
+        out.into_bytes()
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// A request that cannot be served, as a response.
+type Refusal = Response;
+
+fn bad(message: impl AsRef<str>) -> Refusal {
+    Response::error(400, message.as_ref())
+}
+
+/// Answers one request.
+pub async fn respond(state: &ApiState, head: &Head, body: &[u8], peer: SocketAddr) -> Response {
+    let Some((_, methods)) = ROUTES.iter().find(|(path, _)| *path == head.path) else {
+        return Response::error(404, &format!("no such endpoint: {}", head.path));
+    };
+    if !methods.contains(&head.method.as_str()) {
+        let mut r = Response::error(405, &format!("{} does not take {}", head.path, head.method));
+        r.extra.push(format!("Allow: {}", methods.join(", ")));
+        return r;
+    }
+    if head.path == "/api/openapi.json" {
+        // The description holds no data: served without a token, so tools can fetch it.
+        return Response {
+            raw: Some(OPENAPI),
+            ..Response::ok(200, Value::Null)
+        };
+    }
+    let caller = match authenticate(state, head) {
+        Ok(caller) => caller,
+        Err(refusal) => return refusal,
+    };
+    let result = match (head.method.as_str(), head.path.as_str()) {
+        ("GET", "/api/rules") => list_rules(state, head, &caller),
+        ("POST", "/api/rules") => add_rule(state, head, body, &caller, peer).await,
+        ("DELETE", "/api/rules") => remove_rule(state, head, &caller, peer).await,
+        ("GET", "/api/check") => check(state, head, &caller),
+        ("GET", "/api/calls") => calls(state, head, &caller).await,
+        ("GET", "/api/floods") => floods(state, &caller),
+        _ => Err(Response::error(404, "no such endpoint")),
+    };
+    result.unwrap_or_else(|refusal| refusal)
+}
+
+fn authenticate(state: &ApiState, head: &Head) -> Result<Caller, Refusal> {
+    let unauthorized = |message: &str| {
+        let mut r = Response::error(401, message);
+        r.extra.push("WWW-Authenticate: Bearer".to_owned());
+        r
+    };
+    let Some(token) = head.bearer() else {
+        return Err(unauthorized(
+            "missing token: send Authorization: Bearer TOKEN (make one with `callguard api-token`)",
+        ));
+    };
+    let tokens = state.tokens.load();
+    tokens
+        .check(token)
+        .cloned()
+        .ok_or_else(|| unauthorized("unknown token"))
+}
+
+/// The tenant a request acts on: `asked` (`?tenant=` or the body's `tenant`; `global` or
+/// absent = the global list for global tokens), checked against what the token may touch.
+fn acting_tenant(caller: &Caller, asked: Option<&str>) -> Result<Option<Tenant>, Refusal> {
+    let asked = match asked.map(str::trim) {
+        None | Some("") => None,
+        Some(t) if t.eq_ignore_ascii_case("global") => Some(None),
+        Some(t) => Some(Some(Tenant::new(t).map_err(|e| bad(e.to_string()))?)),
+    };
+    match (&caller.scope, asked) {
+        (Scope::Global, asked) => Ok(asked.flatten()),
+        (Scope::Tenant(own), None) => Ok(Some(own.clone())),
+        (Scope::Tenant(own), Some(Some(t))) if t == *own => Ok(Some(t)),
+        (Scope::Tenant(own), Some(_)) => Err(Response::error(
+            403,
+            &format!("this token is for tenant {own} only"),
+        )),
+    }
+}
+
+fn parse_list(text: Option<&str>) -> Result<Option<ListKind>, Refusal> {
+    match text.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => ListKind::ALL
+            .into_iter()
+            .find(|l| l.as_str().eq_ignore_ascii_case(t))
+            .map(Some)
+            .ok_or_else(|| bad(format!("list {t:?} is neither block nor allow"))),
+    }
+}
+
+fn parse_limit(head: &Head, default: usize, max: usize) -> Result<usize, Refusal> {
+    match head.param("limit") {
+        None | Some("") => Ok(default),
+        Some(t) => t
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| bad(format!("limit {t:?} must be a number from 1 to {max}"))),
+    }
+}
+
+/// `GET /api/rules?list=&tenant=&q=&limit=`: live rules of the running snapshot.
+fn list_rules(state: &ApiState, head: &Head, caller: &Caller) -> Result<Response, Refusal> {
+    let list = parse_list(head.param("list"))?;
+    let limit = parse_limit(head, DEFAULT_LIST, MAX_LIST)?;
+    // Which tenants' rules: a tenant token always its own; a global token all of them unless
+    // it names one (`global` = the global list only).
+    let only: Option<Option<Tenant>> = match (&caller.scope, head.param("tenant")) {
+        (Scope::Global, None | Some("")) => None,
+        (_, asked) => Some(acting_tenant(caller, asked)?),
+    };
+    let query = head.param("q").map(str::trim).filter(|q| !q.is_empty());
+    let number = query.map(|q| state.engine.normalizer().normalize(q));
+    let needle = query.map(str::to_lowercase);
+    let snapshot = state.snapshot.load();
+    let now = SystemTime::now();
+    let mut rows = Vec::new();
+    let mut total = 0usize;
+    for e in snapshot.live_entries(now) {
+        if list.is_some_and(|l| e.list != l) || only.as_ref().is_some_and(|t| e.tenant != *t) {
+            continue;
+        }
+        if let (Some(needle), Some(number)) = (&needle, &number) {
+            let text = e.pattern.to_string().to_lowercase();
+            let hit = text.contains(needle.as_str())
+                || e.reason.to_lowercase().contains(needle.as_str())
+                || text.contains(&number.to_string().to_lowercase())
+                || (matches!(number, CallerNumber::E164(_)) && e.pattern.matches(number));
+            if !hit {
+                continue;
+            }
+        }
+        total += 1;
+        if rows.len() < limit {
+            rows.push(EntryJson::of(&e));
+        }
+    }
+    Ok(Response::ok(
+        200,
+        json!({ "rules": rows, "count": total, "truncated": total > limit }),
+    ))
+}
+
+/// Body of `POST /api/rules`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRule {
+    #[serde(default)]
+    list: Option<String>,
+    rule: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    dids: Vec<String>,
+    #[serde(default)]
+    schedule: Option<String>,
+    #[serde(default)]
+    time_zone: Option<String>,
+}
+
+/// `POST /api/rules`: validated as `callguard block`/`allow` validate, written to the store.
+async fn add_rule(
+    state: &ApiState,
+    head: &Head,
+    body: &[u8],
+    caller: &Caller,
+    peer: SocketAddr,
+) -> Result<Response, Refusal> {
+    let json_type = head.header("content-type").is_some_and(|t| {
+        t.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json_type {
+        return Err(Response::error(
+            415,
+            "send the rule as JSON with Content-Type: application/json",
+        ));
+    }
+    let new: NewRule =
+        serde_json::from_slice(body).map_err(|e| bad(format!("bad JSON body: {e}")))?;
+    let list = parse_list(new.list.as_deref())?.unwrap_or(ListKind::Block);
+    let tenant = acting_tenant(caller, new.tenant.as_deref())?;
+    let now = SystemTime::now();
+    let expires_at = match (new.ttl.as_deref(), new.expires_at.as_deref()) {
+        (Some(_), Some(_)) => return Err(bad("give ttl or expires_at, not both")),
+        (Some(ttl), None) => {
+            let ttl = humantime::parse_duration(ttl.trim())
+                .map_err(|e| bad(format!("ttl {ttl:?}: {e} (e.g. 90m, 7d)")))?;
+            if ttl.is_zero() {
+                return Err(bad("ttl must be longer than 0"));
+            }
+            Some(now.checked_add(ttl).ok_or_else(|| bad("ttl is too long"))?)
+        }
+        (None, Some(at)) => {
+            let at_time = parse_time(at)
+                .ok_or_else(|| bad(format!("expires_at {at:?} is not an RFC 3339 time")))?;
+            if at_time <= now {
+                return Err(bad(format!("expires_at {at:?} is in the past")));
+            }
+            Some(at_time)
+        }
+        (None, None) => None,
+    };
+    let meta = EntryMeta {
+        reason: new.reason,
+        added_by: Some(format!("api:{}", caller.name)),
+        added_at: Some(format_time(now)),
+        action: new.action,
+        dids: new.dids,
+        schedule: new.schedule,
+        time_zone: new.time_zone,
+    };
+    let normalizer = state.engine.normalizer();
+    let entry = new_entry(normalizer, tenant, list, &new.rule, meta, expires_at, now)
+        .map_err(|e| bad(e.to_string()))?;
+    write(&state.store, std::slice::from_ref(&entry)).await?;
+    info!(
+        token = %caller.name,
+        %peer,
+        list = %entry.list,
+        rule = %entry.pattern,
+        tenant = entry.tenant.as_ref().map_or("global", Tenant::as_str),
+        "api: rule added"
+    );
+    Ok(Response::ok(
+        201,
+        json!({ "rule": EntryJson::of(&entry), "from": new.rule }),
+    ))
+}
+
+async fn write(store: &Store, entries: &[Entry]) -> Result<(), Refusal> {
+    store
+        .put(entries)
+        .await
+        .map_err(|e| Response::error(503, &format!("store: {e}")))
+}
+
+/// `DELETE /api/rules?list=&rule=&tenant=`: removes every spelling of the rule.
+async fn remove_rule(
+    state: &ApiState,
+    head: &Head,
+    caller: &Caller,
+    peer: SocketAddr,
+) -> Result<Response, Refusal> {
+    let list = parse_list(head.param("list"))?
+        .ok_or_else(|| bad("list=block or list=allow is required"))?;
+    let text = head.param("rule").unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(bad(
+            "rule= is required (any spelling; `anonymous` for withheld numbers)",
+        ));
+    }
+    let pattern =
+        RulePattern::parse(text, state.engine.normalizer()).map_err(|e| bad(e.to_string()))?;
+    let tenant = acting_tenant(caller, head.param("tenant"))?;
+    let removed = state
+        .store
+        .remove(tenant.as_ref(), list, std::slice::from_ref(&pattern))
+        .await
+        .map_err(|e| Response::error(503, &format!("store: {e}")))?;
+    let scope = tenant.as_ref().map_or("global", Tenant::as_str).to_owned();
+    if removed == 0 {
+        return Err(Response::error(
+            404,
+            &format!("{pattern} is not on the {scope} {list} list"),
+        ));
+    }
+    info!(token = %caller.name, %peer, %list, rule = %pattern, tenant = %scope, "api: rule removed");
+    Ok(Response::ok(
+        200,
+        json!({ "removed": pattern.to_string(), "list": list, "tenant": tenant.map(|t| t.to_string()) }),
+    ))
+}
+
+/// `GET /api/check?number=&did=&tenant=&at=`: the running server's verdict and why.
+fn check(state: &ApiState, head: &Head, caller: &Caller) -> Result<Response, Refusal> {
+    let number = head.param("number").unwrap_or_default();
+    if number.trim().is_empty() {
+        return Err(bad(
+            "number= is required (any format; `anonymous` for a withheld one)",
+        ));
+    }
+    let now = match head.param("at") {
+        None | Some("") => SystemTime::now(),
+        Some(at) => {
+            parse_time(at).ok_or_else(|| bad(format!("at {at:?} is not an RFC 3339 time")))?
+        }
+    };
+    let did = head.param("did").map(str::trim).filter(|d| !d.is_empty());
+    // A tenant token checks as its tenant; a global token as the tenant asked, or as the
+    // call would be (the DID's tenant from [dids], else global).
+    let tenant = acting_tenant(caller, head.param("tenant"))?;
+    let normalizer = state.engine.normalizer();
+    let settings = state.engine.settings();
+    let snapshot = state.snapshot.load();
+    let call = CallEvent {
+        protocol: Some(Protocol::Cli),
+        caller_id: number.to_owned(),
+        called: did.map(str::to_owned),
+        tenant: tenant.as_ref().map(ToString::to_string),
+        ..CallEvent::default()
+    };
+    let decision = crate::engine::decide(&call, normalizer, &snapshot, &settings, now);
+    let did_number = did.map(|d| normalizer.normalize(d));
+    let facts = CallFacts {
+        number: &decision.number,
+        tenant: decision.tenant.as_ref(),
+        did: did_number.as_ref(),
+    };
+    let matches = rules::explain(facts, &snapshot, now);
+    let winner = matches.iter().find(|m| m.winner);
+    let describe = |m: &rules::Match<'_>, why: Option<&str>| {
+        let mut v = json!({
+            "entry": EntryJson::of(&m.entry),
+            "scope": m.level.as_str(),
+            "applies": m.applies,
+        });
+        if let (Some(why), Some(obj)) = (why, v.as_object_mut()) {
+            obj.insert("why".to_owned(), Value::String(why.to_owned()));
+        }
+        v
+    };
+    let others: Vec<Value> = matches
+        .iter()
+        .filter(|m| !m.winner)
+        .map(|m| describe(m, Some(m.why_lost(winner))))
+        .collect();
+    Ok(Response::ok(
+        200,
+        json!({
+            "verdict": decision.verdict.as_str(),
+            "number": decision.number.to_string(),
+            "number_kind": decision.number.kind(),
+            "did": did_number.map(|d| d.to_string()),
+            "tenant": decision.tenant.as_ref().map(ToString::to_string),
+            "action": decision.action.as_ref().map(ToString::to_string),
+            "action_is_default": winner.is_some_and(|w| w.entry.action.is_none()) && decision.action.is_some(),
+            "reason": decision.reason,
+            "decided_by": winner.map(|w| describe(w, None)),
+            "also_matched": others,
+            "at": format_time(now),
+        }),
+    ))
+}
+
+/// `GET /api/calls?since=1h&limit=`: the newest call-log records, oldest first.
+async fn calls(state: &ApiState, head: &Head, caller: &Caller) -> Result<Response, Refusal> {
+    let since_text = head.param("since").unwrap_or("1h");
+    let ago = humantime::parse_duration(since_text.trim())
+        .map_err(|e| bad(format!("since {since_text:?}: {e} (e.g. 15m, 1h, 7d)")))?;
+    let limit = parse_limit(head, DEFAULT_CALLS, MAX_CALLS)?;
+    let only: Option<Option<Tenant>> = match (&caller.scope, head.param("tenant")) {
+        (Scope::Global, None | Some("")) => None,
+        (_, asked) => Some(acting_tenant(caller, asked)?),
+    };
+    let since = calllog::since(ago);
+    let records: Vec<CallRecord> = match &state.call_log {
+        None => Vec::new(),
+        Some(Sink::Redis(Store::Redis(redis))) => {
+            let ms = since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis();
+            let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+            redis
+                .read_calls(ms, None, None)
+                .await
+                .map_err(|e| Response::error(503, &format!("store: {e}")))?
+                .0
+        }
+        Some(Sink::Redis(Store::Local(_))) => Vec::new(),
+        Some(Sink::File(path)) => {
+            let path = path.clone();
+            let keep = state.call_log_keep_files;
+            // File reads block: off the runtime's worker threads.
+            tokio::task::spawn_blocking(move || calllog::read_file(&path, since, keep))
+                .await
+                .map_err(|e| Response::error(503, &format!("call log: {e}")))?
+        }
+    };
+    let wanted: Vec<&CallRecord> = records
+        .iter()
+        .filter(|r| {
+            only.as_ref().is_none_or(|t| {
+                let tenant = t.as_ref().map_or("", Tenant::as_str);
+                r.tenant == tenant
+            })
+        })
+        .collect();
+    let total = wanted.len();
+    let newest = &wanted[total.saturating_sub(limit)..];
+    Ok(Response::ok(
+        200,
+        json!({
+            "calls": newest,
+            "count": newest.len(),
+            "truncated": total > newest.len(),
+            "call_log": if state.call_log.is_some() { "on" } else { "off" },
+        }),
+    ))
+}
+
+/// `GET /api/floods`: active detector bans (expiring block rules) and targets under attack.
+fn floods(state: &ApiState, caller: &Caller) -> Result<Response, Refusal> {
+    let snapshot = state.snapshot.load();
+    let now = SystemTime::now();
+    let bans: Vec<Value> = snapshot
+        .live_entries(now)
+        .into_iter()
+        .filter(|e| e.added_by.as_deref() == Some(crate::bans::DETECTOR))
+        .filter(|e| match &caller.scope {
+            Scope::Global => true,
+            Scope::Tenant(own) => e.tenant.as_ref() == Some(own),
+        })
+        .map(|e| {
+            let left = e
+                .expires_at
+                .and_then(|at| at.duration_since(now).ok())
+                .map(|d| Duration::from_secs(d.as_secs()));
+            json!({
+                "ban": EntryJson::of(&e),
+                "expires_in_seconds": left.map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    let attacked = state.engine.flood().map(|f| f.targets_under_attack());
+    Ok(Response::ok(
+        200,
+        json!({
+            "flood_detection": if attacked.is_some() { "on" } else { "off" },
+            "bans": bans,
+            "targets_under_attack": attacked.map(|(dids, tenants)| json!({ "dids": dids, "tenants": tenants })),
+        }),
+    ))
+}
