@@ -120,9 +120,16 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, state: HttpS
     let Some(response) = response else {
         return;
     };
-    let bytes = response.encode();
+    send_and_close(&mut stream, &response.encode(), peer).await;
+}
+
+/// Writes a whole response, closes the write side, then reads and drops what the client still
+/// sends, briefly and boundedly: closing with unread request bytes (a body, the rest of an
+/// oversized head) makes the kernel send RST, which can destroy the response before the client
+/// reads it. Shared by the metrics listener and the admin API.
+pub async fn send_and_close(stream: &mut TcpStream, response: &[u8], peer: SocketAddr) {
     let written = timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&bytes).await?;
+        stream.write_all(response).await?;
         stream.shutdown().await
     })
     .await;
@@ -137,10 +144,7 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, state: HttpS
             return;
         }
     }
-    // Closing with unread request bytes (a body, the rest of an oversized head) makes the
-    // kernel send RST, which can destroy the response before the client reads it: read and
-    // drop what the client still sends, briefly and boundedly, until it closes.
-    let mut sink = [0u8; 1024];
+    let mut sink = [0u8; 4096];
     let mut left = LINGER_BYTES;
     let drained = timeout(LINGER, async {
         while left > 0 {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::calllog::Sink;
 use crate::engine::Engine;
-use crate::http::{HEAD_TIMEOUT, MAX_HEAD, WRITE_TIMEOUT, head_end};
+use crate::http::{HEAD_TIMEOUT, MAX_HEAD, head_end};
 use crate::listener::SharedPolicy;
 use crate::snapshot::SnapshotHandle;
 use crate::store::Store;
@@ -33,9 +33,6 @@ use self::request::Body;
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for responses in flight (a store write can take a moment).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
-/// After responding: how long, and how many bytes, to read and drop before closing.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 64 * 1024;
 
 /// Tokens shared with whoever reloads the config (SIGHUP adds and revokes tokens).
 pub type SharedTokens = Arc<ArcSwap<Tokens>>;
@@ -173,41 +170,13 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, state: ApiSt
             return;
         }
     };
-    let bytes = response.encode();
-    let written = timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    })
-    .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "api write failed");
-            return;
-        }
-        Err(_elapsed) => {
-            debug!(%peer, "api client did not take the response in time");
-            return;
-        }
-    }
-    // Unread request bytes at close make the kernel send RST, which can destroy the response
-    // before the client reads it (a refused huge body): drain briefly and boundedly.
-    let mut sink = [0u8; 4096];
-    let mut left = LINGER_BYTES;
-    let _drained = timeout(LINGER, async {
-        while left > 0 {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => left = left.saturating_sub(n),
-            }
-        }
-    })
-    .await;
+    crate::http::send_and_close(&mut stream, &response.encode(), peer).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     /// A server on port 0 over an embedded store in `dir`, with no tokens.
     async fn start(dir: &std::path::Path) -> (SocketAddr, CancellationToken) {
