@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::number::{CallerNumber, Normalizer};
 use crate::rules::{Entry, ListKind, RulePattern, Tenant};
-use crate::store::{EntryMeta, entry_from_parts, format_time, parse_time};
+use crate::store::{EntryJson, EntryMeta, entry_from_parts, format_time, parse_time};
 
 /// Input formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -79,13 +79,12 @@ pub struct Import {
 }
 
 /// One record with its fields as text: a CSV row, a JSON object, an AstDB line.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct Row {
     list: Option<String>,
     tenant: Option<String>,
     // Written by `list --json` and `export --format json`; derived from the rule on import.
-    #[serde(skip_serializing)]
     kind: Option<String>,
     rule: String,
     reason: Option<String>,
@@ -472,7 +471,7 @@ fn row_of(entry: &Entry) -> Row {
     Row {
         list: Some(entry.list.as_str().to_owned()),
         tenant: entry.tenant.as_ref().map(ToString::to_string),
-        kind: Some(entry.pattern.kind().to_owned()),
+        kind: None,
         rule: entry.pattern.to_string(),
         reason: Some(meta.reason),
         action: meta.action,
@@ -513,27 +512,12 @@ pub fn write_csv<'e>(
     Ok(())
 }
 
-/// Writes `entries` as a JSON array (the shape of `callguard list --json`).
+/// Writes `entries` as a JSON array: the objects of `callguard list --json` and the admin API.
 pub fn write_json<'e>(
     entries: impl IntoIterator<Item = &'e Entry>,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    #[derive(Serialize)]
-    struct Out {
-        kind: String,
-        #[serde(flatten)]
-        row: Row,
-    }
-    let rows: Vec<Out> = entries
-        .into_iter()
-        .map(|e| {
-            let row = row_of(e);
-            Out {
-                kind: row.kind.clone().unwrap_or_default(),
-                row,
-            }
-        })
-        .collect();
+    let rows: Vec<EntryJson> = entries.into_iter().map(EntryJson::of).collect();
     serde_json::to_writer_pretty(&mut *out, &rows).map_err(io::Error::other)?;
     writeln!(out)
 }
