@@ -754,6 +754,13 @@ impl RedisStore {
         Ok(self.decode(keys.to_vec(), &replies, &mut ValueCache::default()))
     }
 
+    /// The keys among `keys` that name rules (a SCAN also meets alias sets, the call log...).
+    fn rule_keys<'k>(&self, keys: &'k [String]) -> Vec<&'k String> {
+        keys.iter()
+            .filter(|k| self.parse_key(k).is_some())
+            .collect()
+    }
+
     /// Value and TTL of every rule key among `keys`, in one pipelined round trip: one MGET
     /// (a key of another type reads as missing) and, when `with_ttl`, a PTTL per key; without,
     /// every TTL reads as "none". Replies come as `[value, ttl]` per rule key.
@@ -762,10 +769,7 @@ impl RedisStore {
         keys: &[String],
         with_ttl: bool,
     ) -> Result<Vec<redis::RedisResult<Value>>, StoreError> {
-        let rule_keys: Vec<&String> = keys
-            .iter()
-            .filter(|k| self.parse_key(k).is_some())
-            .collect();
+        let rule_keys = self.rule_keys(keys);
         if rule_keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -809,10 +813,7 @@ impl RedisStore {
         if !self.conn.is_cluster() {
             return self.fetch_raw(keys, with_ttl).await;
         }
-        let rule_keys: Vec<&String> = keys
-            .iter()
-            .filter(|k| self.parse_key(k).is_some())
-            .collect();
+        let rule_keys = self.rule_keys(keys);
         if rule_keys.is_empty() {
             return Ok(Vec::new());
         }
