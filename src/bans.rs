@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -20,7 +20,6 @@ use tracing::debug;
 
 use crate::flood::{
     AttackEvent, Ban, Detections, FloodKey, NumberRange, Observed, SharedDetector, TargetKey,
-    TargetKind,
 };
 use crate::metrics;
 use crate::number::Normalizer;
@@ -44,8 +43,20 @@ pub struct FloodHook {
     tx: mpsc::Sender<Ban>,
     /// With Redis: counting keys of each call, batched to the other nodes.
     share: Option<Share>,
-    /// DIDs and tenants under attack now, for the gauge (starts and ends always pair up).
-    attacked: Arc<[AtomicUsize; 2]>,
+    /// DIDs and tenants under attack now (starts and ends always pair up), for the gauge and
+    /// the admin API. Locked only when an attack starts or ends and when the API reads it.
+    attacked: Arc<Mutex<HashMap<TargetKey, Attack>>>,
+}
+
+/// A target under attack now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attack {
+    /// The DID or tenant.
+    pub target: TargetKey,
+    /// When the attack was detected.
+    pub since: SystemTime,
+    /// Calls per second over the detector's window when it was detected.
+    pub rate: f64,
 }
 
 /// Local counts on their way to the other nodes.
@@ -113,12 +124,16 @@ impl FloodHook {
         }
     }
 
-    /// How many DIDs and tenants are under attack now.
-    pub fn targets_under_attack(&self) -> (usize, usize) {
-        (
-            self.attacked[0].load(Ordering::Relaxed),
-            self.attacked[1].load(Ordering::Relaxed),
-        )
+    /// The DIDs and tenants under attack now, oldest first.
+    pub fn targets_under_attack(&self) -> Vec<Attack> {
+        let attacked = self.attacked.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<Attack> = attacked.values().cloned().collect();
+        list.sort_by(|a, b| {
+            a.since
+                .cmp(&b.since)
+                .then_with(|| a.target.to_string().cmp(&b.target.to_string()))
+        });
+        list
     }
 
     /// Hands bans to the writer and counts what fired; never waits.
@@ -129,32 +144,33 @@ impl FloodHook {
                 metrics::ban_request_dropped();
             }
         }
+        if detections.attacks.is_empty() {
+            return;
+        }
+        let mut attacked = self.attacked.lock().unwrap_or_else(PoisonError::into_inner);
         for event in detections.attacks {
-            let (kind, started) = match &event {
+            let kind = match event {
                 AttackEvent::Started { target, rate } => {
                     metrics::flood_detected("target");
                     warn!(target = %target, rate, "flood: target under attack");
-                    (target.kind(), true)
+                    let kind = target.kind();
+                    attacked.insert(
+                        target.clone(),
+                        Attack {
+                            target,
+                            since: SystemTime::now(),
+                            rate,
+                        },
+                    );
+                    kind
                 }
                 AttackEvent::Ended { target, .. } => {
                     info!(target = %target, "flood: attack over");
-                    (target.kind(), false)
+                    attacked.remove(&target);
+                    target.kind()
                 }
             };
-            let slot = match kind {
-                TargetKind::Did => 0,
-                TargetKind::Tenant => 1,
-            };
-            let n = if started {
-                self.attacked[slot].fetch_add(1, Ordering::Relaxed) + 1
-            } else {
-                let before = self.attacked[slot]
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                        Some(n.saturating_sub(1))
-                    })
-                    .unwrap_or(0);
-                before.saturating_sub(1)
-            };
+            let n = attacked.keys().filter(|t| t.kind() == kind).count();
             metrics::set_targets_under_attack(kind.as_str(), n);
         }
     }
@@ -196,7 +212,7 @@ pub fn start(
         detector,
         tx,
         share: share.as_ref().map(|(s, _, _)| s.clone()),
-        attacked: Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]),
+        attacked: Arc::default(),
     };
     if let Some((_, redis, node)) = share {
         tokio::spawn(subscriber(

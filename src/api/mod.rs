@@ -5,6 +5,7 @@
 //! normal sync. Nothing here runs on a call's decision path.
 
 pub mod auth;
+pub mod page;
 pub mod request;
 pub mod routes;
 

@@ -13,6 +13,7 @@ use super::auth::{Caller, Scope};
 use super::request::Head;
 use crate::call::{CallEvent, Protocol};
 use crate::calllog::{self, CallRecord, Sink};
+use crate::flood::TargetKey;
 use crate::number::CallerNumber;
 use crate::rules::{self, CallFacts, Entry, ListKind, RulePattern, Tenant};
 use crate::store::{EntryJson, EntryMeta, Store, format_time, new_entry, parse_time};
@@ -26,6 +27,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/api/check", &["GET"]),
     ("/api/calls", &["GET"]),
     ("/api/floods", &["GET"]),
+    ("/api/preview", &["GET"]),
+    ("/api/whoami", &["GET"]),
     ("/api/openapi.json", &["GET"]),
 ];
 
@@ -44,8 +47,10 @@ pub struct Response {
     pub status: u16,
     /// JSON body.
     pub body: Value,
-    /// A body already encoded (the stored OpenAPI document), sent instead of `body`.
+    /// A body already encoded (the OpenAPI document, the web page), sent instead of `body`.
     pub raw: Option<&'static str>,
+    /// Media type of `raw` (`body` is always JSON).
+    pub content_type: &'static str,
     /// Extra header lines (without CRLF).
     pub extra: Vec<String>,
 }
@@ -56,6 +61,7 @@ impl Response {
             status,
             body,
             raw: None,
+            content_type: "application/json",
             extra: Vec::new(),
         }
     }
@@ -74,12 +80,16 @@ impl Response {
             text.push('\n');
             text
         };
+        // Every response carries the page's security headers: a JSON body opened in a browser
+        // gets the same protection as the page (no framing, no sniffing, no scripts).
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\nCache-Control: no-store\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n\
+             Connection: close\r\nCache-Control: no-store\r\n{}",
             self.status,
             reason_phrase(self.status),
-            body.len()
+            self.content_type,
+            body.len(),
+            super::page::SECURITY_HEADERS,
         );
         for line in &self.extra {
             out.push_str(line);
@@ -119,6 +129,20 @@ fn bad(message: impl AsRef<str>) -> Refusal {
 
 /// Answers one request.
 pub async fn respond(state: &ApiState, head: &Head, body: &[u8], peer: SocketAddr) -> Response {
+    if let Some(asset) = super::page::asset(&head.path) {
+        if head.method != "GET" {
+            let mut r = Response::error(405, &format!("{} takes only GET", head.path));
+            r.extra.push("Allow: GET".to_owned());
+            return r;
+        }
+        // The page holds no data (it asks for a token and calls the API): served to anyone
+        // the listener admits.
+        return Response {
+            raw: Some(asset.body),
+            content_type: asset.content_type,
+            ..Response::ok(200, Value::Null)
+        };
+    }
     let Some((_, methods)) = ROUTES.iter().find(|(path, _)| *path == head.path) else {
         return Response::error(404, &format!("no such endpoint: {}", head.path));
     };
@@ -145,6 +169,8 @@ pub async fn respond(state: &ApiState, head: &Head, body: &[u8], peer: SocketAdd
         ("GET", "/api/check") => check(state, head, &caller),
         ("GET", "/api/calls") => calls(state, head, &caller).await,
         ("GET", "/api/floods") => floods(state, &caller),
+        ("GET", "/api/preview") => preview(state, head),
+        ("GET", "/api/whoami") => Ok(whoami(&caller)),
         _ => Err(Response::error(404, "no such endpoint")),
     };
     result.unwrap_or_else(|refusal| refusal)
@@ -333,6 +359,14 @@ async fn add_rule(
     let entry = new_entry(normalizer, tenant, list, &new.rule, meta, expires_at, now)
         .map_err(|e| bad(e.to_string()))?;
     write(&state.store, std::slice::from_ref(&entry)).await?;
+    let in_force = in_force(
+        state,
+        entry.list,
+        entry.tenant.as_ref(),
+        &entry.pattern,
+        true,
+    )
+    .await;
     info!(
         token = %caller.name,
         %peer,
@@ -343,8 +377,34 @@ async fn add_rule(
     );
     Ok(Response::ok(
         201,
-        json!({ "rule": EntryJson::of(&entry), "from": new.rule }),
+        json!({ "rule": EntryJson::of(&entry), "from": new.rule, "in_force": in_force }),
     ))
+}
+
+/// Longest an edit waits to be in this node's running snapshot before it is answered.
+const IN_FORCE_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (briefly) until the running snapshot has (`present`) or no longer has the rule, so a
+/// CRM's "block this caller" returns once calls are decided by it and the page lists what it
+/// just saved. The store sync does the work; this only watches. False when it took longer
+/// (the edit is stored and arrives with the sync).
+async fn in_force(
+    state: &ApiState,
+    list: ListKind,
+    tenant: Option<&Tenant>,
+    pattern: &RulePattern,
+    present: bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + IN_FORCE_WAIT;
+    loop {
+        if state.snapshot.load().has_rule_on(list, tenant, pattern) == present {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn write(store: &Store, entries: &[Entry]) -> Result<(), Refusal> {
@@ -378,6 +438,7 @@ async fn remove_rule(
         .await
         .map_err(|e| Response::error(503, &format!("store: {e}")))?;
     let scope = tenant.as_ref().map_or("global", Tenant::as_str).to_owned();
+    let lifted = removed > 0 && in_force(state, list, tenant.as_ref(), &pattern, false).await;
     if removed == 0 {
         return Err(Response::error(
             404,
@@ -387,7 +448,7 @@ async fn remove_rule(
     info!(token = %caller.name, %peer, %list, rule = %pattern, tenant = %scope, "api: rule removed");
     Ok(Response::ok(
         200,
-        json!({ "removed": pattern.to_string(), "list": list, "tenant": tenant.map(|t| t.to_string()) }),
+        json!({ "removed": pattern.to_string(), "list": list, "tenant": tenant.map(|t| t.to_string()), "in_force": lifted }),
     ))
 }
 
@@ -462,7 +523,7 @@ fn check(state: &ApiState, head: &Head, caller: &Caller) -> Result<Response, Ref
     ))
 }
 
-/// `GET /api/calls?since=1h&limit=`: the newest call-log records, oldest first.
+/// `GET /api/calls?since=1h&limit=&verdict=&tenant=`: the newest call-log records, oldest first.
 async fn calls(state: &ApiState, head: &Head, caller: &Caller) -> Result<Response, Refusal> {
     let since_text = head.param("since").unwrap_or("1h");
     let ago = humantime::parse_duration(since_text.trim())
@@ -471,6 +532,11 @@ async fn calls(state: &ApiState, head: &Head, caller: &Caller) -> Result<Respons
     let only: Option<Option<Tenant>> = match (&caller.scope, head.param("tenant")) {
         (Scope::Global, None | Some("")) => None,
         (_, asked) => Some(acting_tenant(caller, asked)?),
+    };
+    let verdict = match head.param("verdict").map(str::trim) {
+        None | Some("") => None,
+        Some(v @ ("block" | "allow" | "tag")) => Some(v.to_owned()),
+        Some(v) => return Err(bad(format!("verdict {v:?} is not block, allow or tag"))),
     };
     let since = calllog::since(ago);
     let records: Vec<CallRecord> = match &state.call_log {
@@ -499,6 +565,7 @@ async fn calls(state: &ApiState, head: &Head, caller: &Caller) -> Result<Respons
     };
     let wanted: Vec<&CallRecord> = records
         .iter()
+        .filter(|r| verdict.as_ref().is_none_or(|v| r.verdict == *v))
         .filter(|r| {
             only.as_ref().is_none_or(|t| {
                 let tenant = t.as_ref().map_or("", Tenant::as_str);
@@ -542,13 +609,110 @@ fn floods(state: &ApiState, caller: &Caller) -> Result<Response, Refusal> {
             })
         })
         .collect();
-    let attacked = state.engine.flood().map(|f| f.targets_under_attack());
+    let settings = state.engine.settings();
+    // A tenant sees attacks on itself and on the DIDs `[dids]` maps to it.
+    let visible = |target: &TargetKey| match (&caller.scope, target) {
+        (Scope::Global, _) => true,
+        (Scope::Tenant(own), TargetKey::Tenant(t)) => t == own,
+        (Scope::Tenant(own), TargetKey::Did(did)) => settings.did_tenants.get(did) == Some(own),
+    };
+    let attacks: Option<Vec<Value>> = state.engine.flood().map(|f| {
+        f.targets_under_attack()
+            .into_iter()
+            .filter(|a| visible(&a.target))
+            .map(|a| {
+                let (kind, target) = match &a.target {
+                    TargetKey::Did(did) => ("did", did.to_string()),
+                    TargetKey::Tenant(t) => ("tenant", t.to_string()),
+                };
+                json!({
+                    "kind": kind,
+                    "target": target,
+                    "since": format_time(a.since),
+                    "calls_per_second": (a.rate * 10.0).round() / 10.0,
+                })
+            })
+            .collect()
+    });
+    let count = |kind: &str| {
+        attacks
+            .as_ref()
+            .map(|list| list.iter().filter(|a| a["kind"] == kind).count())
+    };
     Ok(Response::ok(
         200,
         json!({
-            "flood_detection": if attacked.is_some() { "on" } else { "off" },
+            "flood_detection": if attacks.is_some() { "on" } else { "off" },
             "bans": bans,
-            "targets_under_attack": attacked.map(|(dids, tenants)| json!({ "dids": dids, "tenants": tenants })),
+            "targets_under_attack": attacks.as_ref().map(|_| json!({ "dids": count("did"), "tenants": count("tenant") })),
+            "attacks": attacks,
+        }),
+    ))
+}
+
+/// `GET /api/whoami`: the token's name and what it may touch (the page shows it and hides the
+/// tenant field for tenant tokens).
+fn whoami(caller: &Caller) -> Response {
+    let (scope, tenant) = match &caller.scope {
+        Scope::Global => ("global", None),
+        Scope::Tenant(t) => ("tenant", Some(t.to_string())),
+    };
+    Response::ok(
+        200,
+        json!({ "name": caller.name, "scope": scope, "tenant": tenant }),
+    )
+}
+
+/// How many delivered spellings are shown per sample number.
+const PREVIEW_SAMPLES: usize = 2;
+
+/// `GET /api/preview?rule=`: what a rule would be saved as and examples of the caller IDs it
+/// will catch, each example run through the normalizer and the pattern, so the page shows what
+/// the server will do rather than what it is hoped to do. Writes nothing.
+fn preview(state: &ApiState, head: &Head) -> Result<Response, Refusal> {
+    let text = head.param("rule").unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(bad("rule= is required (a number or mask in any format)"));
+    }
+    let normalizer = state.engine.normalizer();
+    let pattern = RulePattern::parse(text, normalizer).map_err(|e| bad(e.to_string()))?;
+    let withheld = [
+        "anonymous",
+        "Anonymous",
+        "unknown",
+        "private",
+        "restricted",
+        "",
+    ];
+    let catches: Vec<Value> = pattern
+        .sample_numbers(normalizer)
+        .into_iter()
+        .take(PREVIEW_SAMPLES)
+        .map(|n| {
+            let delivered: Vec<String> = match &n {
+                CallerNumber::E164(e) => normalizer.delivered_forms(*e),
+                CallerNumber::Anonymous => withheld
+                    .iter()
+                    .filter(|w| normalizer.normalize(w) == n)
+                    .map(|w| (*w).to_owned())
+                    .collect(),
+                other => vec![other.to_string()],
+            };
+            json!({ "number": n.to_string(), "delivered_as": delivered })
+        })
+        .collect();
+    // Breadth as a JSON number only while it is exact in a double.
+    let count = pattern.breadth();
+    let count = (count < 1 << 53).then(|| u64::try_from(count).unwrap_or(u64::MAX));
+    Ok(Response::ok(
+        200,
+        json!({
+            "rule": pattern.to_string(),
+            "kind": pattern.kind(),
+            "from": text,
+            "numbers": count,
+            "catches": catches,
+            "default_country": normalizer.default_country(),
         }),
     ))
 }

@@ -168,6 +168,39 @@ impl Normalizer {
     }
 }
 
+impl Normalizer {
+    /// The ways a carrier may deliver `number` as caller ID to a PBX in the default country,
+    /// each one checked to normalize back to `number` (so the list never promises a form the
+    /// normalizer would read differently): `+` and international form, the default country's
+    /// international prefixes, and for its own numbers the calling code without `+`, each trunk
+    /// prefix, the bare national number and a SIP URI. Shown before a rule is saved.
+    pub fn delivered_forms(&self, number: E164) -> Vec<String> {
+        let full = number.to_string();
+        let digits = &full[1..];
+        let plan = &self.tables().plans[self.default];
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let mut candidates = vec![full.clone(), digits.to_owned()];
+        let code = text(plan.code.digits());
+        if let Some(nsn) = digits.strip_prefix(code.as_str()) {
+            for trunk in &plan.trunk_prefixes {
+                candidates.push(format!("{}{nsn}", text(trunk)));
+            }
+            candidates.push(nsn.to_owned());
+        }
+        for prefix in &plan.international_prefixes {
+            candidates.push(format!("{}{digits}", text(prefix)));
+        }
+        candidates.push(format!("sip:{full}@carrier.example"));
+        let mut forms: Vec<String> = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            if self.normalize(&c) == CallerNumber::E164(number) && !forms.contains(&c) {
+                forms.push(c);
+            }
+        }
+        forms
+    }
+}
+
 /// Recognizes the `Display` forms of `local:` and `invalid:` results, so that normalizing them
 /// again returns them unchanged. (`+...` and `anonymous` go through the ordinary path.)
 fn canonical_form(text: &str) -> Option<CallerNumber> {

@@ -790,3 +790,33 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn delivered_forms_are_the_spellings_that_normalize_back() {
+    let ru = norm("RU");
+    let number = E164::from_digits("79161234567").expect("number");
+    assert_eq!(
+        ru.delivered_forms(number),
+        [
+            "+79161234567",
+            "79161234567",
+            "89161234567",
+            "9161234567",
+            "81079161234567",
+            "0079161234567",
+            "sip:+79161234567@carrier.example",
+        ]
+    );
+    // A foreign number: no trunk or national form from a Russian PBX's point of view.
+    let gb = E164::from_digits("442079460123").expect("number");
+    let forms = ru.delivered_forms(gb);
+    assert!(forms.contains(&"+442079460123".to_owned()), "{forms:?}");
+    assert!(forms.contains(&"810442079460123".to_owned()), "{forms:?}");
+    assert!(
+        !forms.iter().any(|f| f.starts_with('8') && f.len() == 11),
+        "{forms:?}"
+    );
+    for f in &forms {
+        assert_eq!(ru.normalize(f), CallerNumber::E164(gb), "{f}");
+    }
+}

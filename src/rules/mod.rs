@@ -765,14 +765,25 @@ impl Snapshot {
 
     /// True when `tenant`'s (or the global) block or allow list has a rule for `pattern`.
     pub fn has_rule(&self, tenant: Option<&Tenant>, pattern: &RulePattern) -> bool {
-        ListKind::ALL.into_iter().any(|list| {
-            plain_key(tenant, list, pattern, &self.strings)
-                .is_some_and(|k| self.exact.get(k.0, k.1).is_some())
-        }) || self
-            .rich
-            .rules
-            .iter()
-            .any(|r| r.entry.tenant.as_ref() == tenant && r.entry.pattern == *pattern)
+        ListKind::ALL
+            .into_iter()
+            .any(|list| self.has_rule_on(list, tenant, pattern))
+    }
+
+    /// True when `tenant`'s (or the global) `list` has a rule for `pattern`.
+    pub fn has_rule_on(
+        &self,
+        list: ListKind,
+        tenant: Option<&Tenant>,
+        pattern: &RulePattern,
+    ) -> bool {
+        plain_key(tenant, list, pattern, &self.strings)
+            .is_some_and(|k| self.exact.get(k.0, k.1).is_some())
+            || self.rich.rules.iter().any(|r| {
+                r.entry.list == list
+                    && r.entry.tenant.as_ref() == tenant
+                    && r.entry.pattern == *pattern
+            })
     }
 
     /// All entries live at `now`, sorted by tenant, list, then canonical pattern (stable output).

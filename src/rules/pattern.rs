@@ -142,6 +142,57 @@ impl RulePattern {
             _ => false,
         }
     }
+
+    /// A few numbers the rule catches, to show before it is saved: the number itself, the
+    /// two ends of a range, or a mask's lowest and highest filling at the shortest length the
+    /// numbering plans accept. Every one is checked to normalize to itself and to match.
+    pub fn sample_numbers(&self, normalizer: &Normalizer) -> Vec<CallerNumber> {
+        let candidates: Vec<CallerNumber> = match self {
+            RulePattern::Exact(n) => vec![n.clone()],
+            RulePattern::AnyInvalid => vec![normalizer.normalize("sip:alice@carrier.example")],
+            RulePattern::Range(lo, hi) => vec![CallerNumber::E164(*lo), CallerNumber::E164(*hi)],
+            RulePattern::Mask(mask) => {
+                let fill = |pick: fn(DigitSet) -> u32, pad: char| -> Option<CallerNumber> {
+                    let fixed: String = mask
+                        .elems
+                        .iter()
+                        .filter_map(|&set| char::from_digit(pick(set), 10))
+                        .collect();
+                    let shortest = match mask.tail {
+                        Tail::None | Tail::ZeroOrMore => fixed.len(),
+                        Tail::OneOrMore => fixed.len() + 1,
+                    };
+                    let longest = match mask.tail {
+                        Tail::None => fixed.len(),
+                        Tail::OneOrMore | Tail::ZeroOrMore => 15,
+                    };
+                    (shortest..=longest).find_map(|len| {
+                        let mut digits = fixed.clone();
+                        digits.extend(std::iter::repeat_n(pad, len.saturating_sub(fixed.len())));
+                        let n = normalizer.normalize(&format!("+{digits}"));
+                        (n.to_string() == format!("+{digits}") && self.matches(&n)).then_some(n)
+                    })
+                };
+                // Lowest allowed digit of each set, then the highest.
+                let low: fn(DigitSet) -> u32 = |set| set.trailing_zeros();
+                let high: fn(DigitSet) -> u32 = |set| 15 - set.leading_zeros();
+                [fill(low, '0'), fill(high, '9')]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
+        };
+        let mut samples: Vec<CallerNumber> = Vec::new();
+        for n in candidates {
+            if self.matches(&n)
+                && normalizer.normalize(&n.to_string()) == n
+                && !samples.contains(&n)
+            {
+                samples.push(n);
+            }
+        }
+        samples
+    }
 }
 
 impl fmt::Display for RulePattern {
@@ -463,6 +514,32 @@ mod tests {
             Ok(p) => p.to_string(),
             Err(e) => format!("error: {e}"),
         }
+    }
+
+    #[test]
+    fn sample_numbers_are_caught_and_canonical() {
+        let n = Normalizer::default();
+        let samples = |text: &str| -> Vec<String> {
+            let pattern = RulePattern::parse(text, &n).expect(text);
+            pattern
+                .sample_numbers(&n)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(samples("8 916 123-45-67"), ["+79161234567"]);
+        assert_eq!(samples("8 916 123-45-XX"), ["+79161234500", "+79161234599"]);
+        assert_eq!(samples("+7916*"), ["+79160000000", "+79169999999"]);
+        assert_eq!(
+            samples("+7 916 [2-4]00-00-0X"),
+            ["+79162000000", "+79164000009"]
+        );
+        assert_eq!(
+            samples("+74951234500-+74951234599"),
+            ["+74951234500", "+74951234599"]
+        );
+        assert_eq!(samples("anonymous"), ["anonymous"]);
+        assert_eq!(samples("invalid"), ["invalid:alice"]);
     }
 
     #[test]

@@ -11,13 +11,13 @@ use crate::support::{
 };
 
 /// A global token and a tenant (acme) token with their `[[api.tokens]]` config.
-struct Tokens {
-    global: String,
-    acme: String,
-    config: String,
+pub(crate) struct Tokens {
+    pub(crate) global: String,
+    pub(crate) acme: String,
+    pub(crate) config: String,
 }
 
-fn tokens() -> Tokens {
+pub(crate) fn tokens() -> Tokens {
     let mint = |args: &[&str]| {
         let out = cli_ok("/nonexistent/unused.toml", &[&["api-token"], args].concat());
         let token = out
@@ -41,7 +41,11 @@ fn tokens() -> Tokens {
 }
 
 /// `callguard serve` on `store` with the API on a free port and `tokens` configured.
-fn start(store: &str, tokens: &Tokens, extra: &str) -> (Server, SocketAddr, tempfile::TempDir) {
+pub(crate) fn start(
+    store: &str,
+    tokens: &Tokens,
+    extra: &str,
+) -> (Server, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("callguard.toml");
     std::fs::write(
@@ -57,7 +61,7 @@ fn start(store: &str, tokens: &Tokens, extra: &str) -> (Server, SocketAddr, temp
     (server, addr, dir)
 }
 
-fn post_rule(addr: SocketAddr, token: &str, body: &str) -> Value {
+pub(crate) fn post_rule(addr: SocketAddr, token: &str, body: &str) -> Value {
     let r = api(addr, "POST", "/api/rules", Some(token), Some(body));
     assert_eq!(r.status, 201, "{body} -> {}", r.body);
     r.json()
@@ -639,4 +643,118 @@ fn sighup_adds_and_revokes_tokens() {
         api(addr, "GET", "/api/floods", Some(&second.global), None).status,
         200
     );
+}
+
+#[test]
+fn preview_shows_the_canonical_rule_and_caught_spellings_without_saving() {
+    let (_dir, path) = temp_store();
+    let store = path.to_str().expect("utf8 path");
+    let tokens = tokens();
+    let (server, addr, _cfg) = start(store, &tokens, "");
+    let t = tokens.global.as_str();
+
+    let who = api(addr, "GET", "/api/whoami", Some(t), None).json();
+    assert_eq!(who["name"], "ops");
+    assert_eq!(who["scope"], "global");
+    assert_eq!(who["tenant"], Value::Null);
+    let who = api(addr, "GET", "/api/whoami", Some(&tokens.acme), None).json();
+    assert_eq!(who["scope"], "tenant");
+    assert_eq!(who["tenant"], "acme");
+    assert_eq!(api(addr, "GET", "/api/whoami", None, None).status, 401);
+
+    let preview = |rule: &str| {
+        let r = api(
+            addr,
+            "GET",
+            &format!("/api/preview?rule={rule}"),
+            Some(t),
+            None,
+        );
+        (r.status, r.json())
+    };
+    let (status, exact) = preview("8%20(916)%20123-45-67");
+    assert_eq!(status, 200, "{exact}");
+    assert_eq!(exact["rule"], "+79161234567");
+    assert_eq!(exact["kind"], "exact");
+    assert_eq!(exact["numbers"], 1);
+    assert_eq!(exact["from"], "8 (916) 123-45-67");
+    let forms: Vec<&str> = exact["catches"][0]["delivered_as"]
+        .as_array()
+        .expect("forms")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for form in ["+79161234567", "89161234567", "9161234567", "0079161234567"] {
+        assert!(forms.contains(&form), "{form} missing: {forms:?}");
+    }
+    // Every promised spelling really is blocked once the rule is saved.
+    let (_, mask) = preview("%2B7%20495%20123-45-XX");
+    assert_eq!(mask["rule"], "+749512345XX");
+    assert_eq!(mask["kind"], "mask");
+    assert_eq!(mask["numbers"], 100);
+    assert_eq!(mask["catches"].as_array().map(Vec::len), Some(2), "{mask}");
+    let (_, anon) = preview("Anonymous");
+    assert_eq!(anon["rule"], "anonymous");
+    assert!(
+        anon["catches"][0]["delivered_as"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|v| v == "restricted"))
+    );
+    assert_eq!(
+        api(addr, "GET", "/api/rules", Some(t), None).json()["count"],
+        0,
+        "preview saved something"
+    );
+    for (query, needle) in [("", "rule= is required"), ("8495XX", "cannot tell")] {
+        let (status, e) = preview(query);
+        assert_eq!(status, 400, "{e}");
+        assert!(
+            e["error"].as_str().is_some_and(|m| m.contains(needle)),
+            "{e}"
+        );
+    }
+
+    // An edit is answered once this node decides by it.
+    let added = post_rule(addr, t, r#"{"rule":"+7 495 123-45-XX"}"#);
+    assert_eq!(added["in_force"], true, "{added}");
+    for spelling in mask["catches"][1]["delivered_as"]
+        .as_array()
+        .expect("forms")
+        .iter()
+        .filter_map(Value::as_str)
+    {
+        assert_eq!(
+            agi_call(server.agi, spelling).verdict(),
+            "block",
+            "{spelling}"
+        );
+    }
+    let calls = |query: &str| api(addr, "GET", &format!("/api/calls?{query}"), Some(t), None);
+    let took = within(Duration::from_secs(5), || {
+        calls("verdict=block").json()["count"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    assert!(took.is_some(), "blocked calls never reached the call log");
+    assert_eq!(calls("verdict=allow").json()["count"], 0);
+    let bad = calls("verdict=maybe");
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    let removed = api(
+        addr,
+        "DELETE",
+        "/api/rules?list=block&rule=84951234500",
+        Some(t),
+        None,
+    );
+    assert_eq!(removed.status, 404, "{}", removed.body);
+    let removed = api(
+        addr,
+        "DELETE",
+        "/api/rules?list=block&rule=8495123-45-XX",
+        Some(t),
+        None,
+    )
+    .json();
+    assert_eq!(removed["in_force"], true, "{removed}");
+    assert_eq!(agi_call(server.agi, "84951234500").verdict(), "allow");
 }

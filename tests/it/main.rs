@@ -17,3 +17,4 @@ mod redis_ha;
 mod redis_store;
 mod rules;
 mod support;
+mod web;

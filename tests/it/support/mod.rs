@@ -1,6 +1,7 @@
 //! Test harness: a real `redis-server` on a free port, the real `callguard` binary, and an
 //! Asterisk-faithful FastAGI client that replays captured environment blocks.
 
+pub mod browser;
 pub mod redis_ha;
 
 use std::collections::HashMap;
