@@ -46,6 +46,17 @@ pub(crate) fn start(
     tokens: &Tokens,
     extra: &str,
 ) -> (Server, SocketAddr, tempfile::TempDir) {
+    start_with_env(store, tokens, extra, &[])
+}
+
+/// [`start`] with environment settings too (the harness turns flood detection off by
+/// environment, so turning it back on has to go the same way).
+pub(crate) fn start_with_env(
+    store: &str,
+    tokens: &Tokens,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> (Server, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("callguard.toml");
     std::fs::write(
@@ -56,7 +67,8 @@ pub(crate) fn start(
         ),
     )
     .expect("write config");
-    let server = Server::start(store, &[("CALLGUARD_CONFIG", cfg.to_str().expect("utf8"))]);
+    let config = [("CALLGUARD_CONFIG", cfg.to_str().expect("utf8"))];
+    let server = Server::start(store, &[&config[..], env].concat());
     let addr = server.api.expect("api listener address in the startup log");
     (server, addr, dir)
 }
@@ -530,22 +542,15 @@ fn floods_show_detector_bans() {
     let (_dir, path) = temp_store();
     let store = path.to_str().expect("utf8 path");
     let tokens = tokens();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("callguard.toml");
-    std::fs::write(
-        &cfg,
-        format!("[api]\nlisten = \"127.0.0.1:0\"\n{}", tokens.config),
-    )
-    .expect("write config");
-    let server = Server::start(
+    let (server, addr, _cfg) = start_with_env(
         store,
+        &tokens,
+        "",
         &[
-            ("CALLGUARD_CONFIG", cfg.to_str().expect("utf8")),
             ("CALLGUARD_FLOOD__ENABLED", "true"),
             ("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "3"),
         ],
     );
-    let addr = server.api.expect("api");
     let t = tokens.global.as_str();
     let before = api(addr, "GET", "/api/floods", Some(t), None).json();
     assert_eq!(before["flood_detection"], "on");

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::{post_rule, start, tokens};
+use crate::api::{post_rule, start, start_with_env, tokens};
 use crate::support::browser::Browser;
-use crate::support::{Redis, Server, agi_call, agi_call_with, api, http_get, temp_store, within};
+use crate::support::{Redis, agi_call, agi_call_with, api, http_get, temp_store, within};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -220,18 +220,12 @@ fn a_tenant_token_sees_and_edits_only_its_tenant() {
 fn floods_view_shows_attacks_and_bans() {
     let (_dir, path) = temp_store();
     let tokens = tokens();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = dir.path().join("callguard.toml");
-    std::fs::write(
-        &cfg,
-        format!("[api]\nlisten = \"127.0.0.1:0\"\n{}", tokens.config),
-    )
-    .expect("write config");
     // Flood settings by environment: the harness turns flood detection off that way.
-    let server = Server::start(
+    let (server, addr, _cfg) = start_with_env(
         path.to_str().expect("utf8"),
+        &tokens,
+        "",
         &[
-            ("CALLGUARD_CONFIG", cfg.to_str().expect("utf8")),
             ("CALLGUARD_FLOOD__ENABLED", "true"),
             ("CALLGUARD_FLOOD__PER_CALLER__THRESHOLD", "3"),
             ("CALLGUARD_FLOOD__TARGET__ENABLED", "true"),
@@ -240,7 +234,6 @@ fn floods_view_shows_attacks_and_bans() {
             ("CALLGUARD_FLOOD__TARGET__HOLD_DOWN_S", "60"),
         ],
     );
-    let addr = server.api.expect("api listener");
     let browser = Browser::start();
     browser.goto(&format!("http://{addr}/"));
     sign_in(&browser, &tokens.global, "all tenants");
