@@ -539,8 +539,15 @@ async fn calls(state: &ApiState, head: &Head, caller: &Caller) -> Result<Respons
         Some(v) => return Err(bad(format!("verdict {v:?} is not block, allow or tag"))),
     };
     let since = calllog::since(ago);
-    let records: Vec<CallRecord> = match &state.call_log {
-        None => Vec::new(),
+    let wanted = move |r: &CallRecord| {
+        verdict.as_ref().is_none_or(|v| r.verdict == *v)
+            && only.as_ref().is_none_or(|t| {
+                let tenant = t.as_ref().map_or("", Tenant::as_str);
+                r.tenant == tenant
+            })
+    };
+    let (newest, truncated): (Vec<CallRecord>, bool) = match &state.call_log {
+        None | Some(Sink::Redis(Store::Local(_))) => (Vec::new(), false),
         Some(Sink::Redis(Store::Redis(redis))) => {
             let ms = since
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -548,39 +555,30 @@ async fn calls(state: &ApiState, head: &Head, caller: &Caller) -> Result<Respons
                 .as_millis();
             let ms = u64::try_from(ms).unwrap_or(u64::MAX);
             redis
-                .read_calls(ms, None, None)
+                .newest_calls(ms, limit, wanted)
                 .await
                 .map_err(|e| Response::error(503, &format!("store: {e}")))?
-                .0
         }
-        Some(Sink::Redis(Store::Local(_))) => Vec::new(),
         Some(Sink::File(path)) => {
             let path = path.clone();
             let keep = state.call_log_keep_files;
             // File reads block: off the runtime's worker threads.
-            tokio::task::spawn_blocking(move || calllog::read_file(&path, since, keep))
-                .await
-                .map_err(|e| Response::error(503, &format!("call log: {e}")))?
+            let mut records =
+                tokio::task::spawn_blocking(move || calllog::read_file(&path, since, keep))
+                    .await
+                    .map_err(|e| Response::error(503, &format!("call log: {e}")))?;
+            records.retain(|r| wanted(r));
+            let total = records.len();
+            let newest = records.split_off(total.saturating_sub(limit));
+            (newest, total > limit)
         }
     };
-    let wanted: Vec<&CallRecord> = records
-        .iter()
-        .filter(|r| verdict.as_ref().is_none_or(|v| r.verdict == *v))
-        .filter(|r| {
-            only.as_ref().is_none_or(|t| {
-                let tenant = t.as_ref().map_or("", Tenant::as_str);
-                r.tenant == tenant
-            })
-        })
-        .collect();
-    let total = wanted.len();
-    let newest = &wanted[total.saturating_sub(limit)..];
     Ok(Response::ok(
         200,
         json!({
             "calls": newest,
             "count": newest.len(),
-            "truncated": total > newest.len(),
+            "truncated": truncated,
             "call_log": if state.call_log.is_some() { "on" } else { "off" },
         }),
     ))

@@ -1049,6 +1049,55 @@ impl RedisStore {
         Ok((records, last))
     }
 
+    /// The newest `limit` call records since `since_ms` that `keep` accepts, oldest first, and
+    /// whether older accepted ones were left out. Reads the stream backwards a page at a time
+    /// (XREVRANGE ... COUNT), so a short read of a long window reads only its newest part.
+    pub async fn newest_calls(
+        &self,
+        since_ms: u64,
+        limit: usize,
+        keep: impl Fn(&crate::calllog::CallRecord) -> bool,
+    ) -> Result<(Vec<crate::calllog::CallRecord>, bool), StoreError> {
+        const PAGE: usize = 1000;
+        let key = self.calls_key();
+        let mut conn = self.conn().await?;
+        let mut newest_first = Vec::new();
+        let mut end = "+".to_owned();
+        loop {
+            let reply: Value = self
+                .run(
+                    redis::cmd("XREVRANGE")
+                        .arg(&key)
+                        .arg(&end)
+                        .arg(since_ms)
+                        .arg("COUNT")
+                        .arg(PAGE)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let mut page = Vec::new();
+            let mut oldest_id = None;
+            collect_stream_entries(&reply, &mut page, &mut oldest_id);
+            let entries = match &reply {
+                Value::Array(items) => items.len(),
+                _ => 0,
+            };
+            for record in page.into_iter().filter(|r| keep(r)) {
+                if newest_first.len() == limit {
+                    newest_first.reverse();
+                    return Ok((newest_first, true));
+                }
+                newest_first.push(record);
+            }
+            match oldest_id {
+                Some(id) if entries == PAGE => end = format!("({id}"),
+                _ => break,
+            }
+        }
+        newest_first.reverse();
+        Ok((newest_first, false))
+    }
+
     /// Opens a pub/sub connection to one node (PUBLISH reaches every node of a cluster).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
         let result = self.conn.pubsub().await;
