@@ -233,6 +233,8 @@ fn tokens_are_required_and_tenant_tokens_stay_in_their_tenant() {
         "/api/check?number=1",
         "/api/calls",
         "/api/floods",
+        "/api/preview?rule=1",
+        "/api/whoami",
     ] {
         let missing = api(addr, "GET", route, None, None);
         assert_eq!(missing.status, 401, "{route}: {}", missing.body);
