@@ -136,31 +136,33 @@ impl Conn {
         let call = call_from_channel(&data, peer);
         let decision = engine.decide_when_ready(&call).await;
 
-        // Events tell us when our `set` has run, so `resume` cannot overtake it.
+        // Events tell us when our `set` has run, so `resume` cannot overtake it. `myevents`
+        // and every `set` go out in one write and their replies are read after: FreeSWITCH's
+        // reader (mod_event_socket's read_packet) takes the socket one byte at a time, so it
+        // parses them one after another and answers each in order. One round trip instead of
+        // one per command; the bytes are the same as sending them one by one.
         out.clear();
         codec::encode_myevents(&mut out);
-        stream.write_all(&out).await?;
-        // In-server time excludes the wait for FreeSWITCH's reply to `myevents`.
-        let before_wait = received.elapsed();
-        let events_on = self.expect_reply(stream, &out, "myevents").await.is_ok();
-        let resumed = std::time::Instant::now();
-
         let vars = decision_variables(&decision);
-        let mut last_uuid = None;
+        let uuid = event_uuid();
         for (i, (name, value)) in vars.iter().enumerate() {
             let last = i + 1 == vars.len();
-            let uuid = (last && events_on).then(event_uuid);
-            out.clear();
-            encode_set(&mut out, name, value, uuid.as_deref(), last);
-            stream.write_all(&out).await?;
-            if i == 0 {
-                // callguard_verdict is written.
-                crate::metrics::record_verdict_time("esl", before_wait + resumed.elapsed());
-            }
-            self.expect_reply(stream, &out, "sendmsg set").await?;
-            last_uuid = uuid;
+            // The last `set` carries the id whose CHANNEL_EXECUTE_COMPLETE is awaited; without
+            // events (a refused `myevents`) the id is simply never reported.
+            encode_set(&mut out, name, value, last.then_some(uuid.as_str()), last);
         }
-        if let Some(uuid) = last_uuid {
+        stream.write_all(&out).await?;
+        // callguard_verdict is written.
+        crate::metrics::record_verdict_time("esl", received.elapsed());
+        let events_on = self
+            .expect_reply(stream, b"myevents", "myevents")
+            .await
+            .is_ok();
+        for _ in &vars {
+            self.expect_reply(stream, b"sendmsg set", "sendmsg set")
+                .await?;
+        }
+        if events_on && !vars.is_empty() {
             self.wait_executed(stream, &uuid, self.settings.execute_timeout)
                 .await?;
         }

@@ -366,3 +366,40 @@ fn garbage_silence_and_hangups_never_stall_the_server() {
     // Service continues.
     assert_eq!(esl_call(esl, "84951234567", &[]).verdict(), "block");
 }
+
+/// `myevents` and every `set` go out before any reply is awaited (one round trip; safe because
+/// FreeSWITCH's reader takes them off the socket one by one): this FreeSWITCH answers nothing
+/// after the channel data and still receives them all, in order.
+#[test]
+fn myevents_and_the_variables_go_out_in_one_flight() {
+    let (_dir, server) = server_with_rules(&[], &[]);
+    let addr = server.esl.expect("esl listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut read_message = || {
+        let mut first = String::new();
+        loop {
+            let mut line = String::new();
+            let n = reader
+                .read_line(&mut line)
+                .expect("a command, without any reply sent");
+            assert!(n > 0, "callguard closed early");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                return first;
+            }
+            if first.is_empty() {
+                first = line.to_owned();
+            }
+        }
+    };
+    assert_eq!(read_message(), "connect");
+    s.write_all(&connect_reply("84951234567", &[]))
+        .expect("channel data");
+    assert_eq!(read_message(), "myevents");
+    for _ in 0..3 {
+        assert_eq!(read_message(), "sendmsg");
+    }
+}
