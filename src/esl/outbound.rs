@@ -196,10 +196,13 @@ impl Conn {
                 self.exit(stream).await
             }
             Some(RuleAction::Tag) | None => {
+                // `resume` and `exit` in one write, as `myevents` and the sets above.
                 out.clear();
                 codec::encode_resume(&mut out);
-                self.command(stream, &out, "resume").await?;
-                self.exit(stream).await
+                codec::encode_exit(&mut out);
+                stream.write_all(&out).await?;
+                self.expect_reply(stream, b"resume", "resume").await?;
+                self.exit_reply(stream).await
             }
         }
     }
@@ -233,8 +236,14 @@ impl Conn {
     async fn exit(&mut self, stream: &mut TcpStream) -> Result<(), EslSessionError> {
         let mut out = Vec::with_capacity(16);
         codec::encode_exit(&mut out);
-        // FreeSWITCH answers `+OK bye` and closes; a channel already gone may close first.
-        match self.command(stream, &out, "exit").await {
+        stream.write_all(&out).await?;
+        self.exit_reply(stream).await
+    }
+
+    /// Reads the reply to an `exit` already sent: FreeSWITCH answers `+OK bye` and closes; a
+    /// channel already gone may close first.
+    async fn exit_reply(&mut self, stream: &mut TcpStream) -> Result<(), EslSessionError> {
+        match self.expect_reply(stream, b"exit", "exit").await {
             Ok(_) | Err(EslSessionError::Closed(_)) => Ok(()),
             Err(e) => Err(e),
         }
