@@ -39,6 +39,7 @@ pub mod lastcall;
 pub mod listener;
 pub mod listfile;
 pub mod loadgen;
+pub mod logwriter;
 pub mod metrics;
 pub mod number;
 pub mod rules;

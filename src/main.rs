@@ -23,9 +23,12 @@ fn main() -> ExitCode {
     let filter = from_env
         .or_else(|| EnvFilter::try_new(&config.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    // Log lines go to stderr from a thread of their own, never from a call's task.
+    let (log_writer, log_flush) =
+        callguard::logwriter::start(std::io::stderr(), callguard::logwriter::QUEUE_LINES);
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(false)
         .with_filter_reloading();
     let filter_handle = subscriber.reload_handle();
@@ -47,7 +50,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(cli::run(cli, config, set_log_level)) {
+    let result = runtime.block_on(cli::run(cli, config, set_log_level));
+    // Every queued log line is written before anything else is said or the process ends.
+    drop(runtime);
+    drop(log_flush);
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("callguard: {e}");

@@ -7,6 +7,7 @@
 #
 #   bash tests/bench/side_by_side.sh                       # defaults below
 #   ROUNDS=7 CALLS=100000 CONCURRENCY=64 RATE=5000 bash tests/bench/side_by_side.sh
+#   BIN=/tmp/callguard-old bash tests/bench/side_by_side.sh  # another build, same generator
 #
 # Speed figures are printed, never asserted; a wrong verdict or an error fails the script.
 set -euo pipefail
@@ -19,8 +20,14 @@ RATE_CALLS=${RATE_CALLS:-25000}
 BLOCKED=${BLOCKED:-1000}
 
 cd "$(dirname "$0")/../.."
-cargo build --release --locked --quiet
-bin=$PWD/target/release/callguard
+# BIN=/path/to/callguard measures that binary (e.g. an older build, to compare two builds run
+# by run); otherwise the release build of this tree.
+if [ -n "${BIN:-}" ]; then
+    bin=$BIN
+else
+    cargo build --release --locked --quiet
+    bin=$PWD/target/release/callguard
+fi
 
 tmp=$(mktemp -d)
 pids=()
