@@ -1,6 +1,7 @@
 //! Admin API routes: one function per endpoint, JSON in and out, tenant scoping of every
 //! read and write. Errors are `{"error": "..."}` with a status that says whose fault it is.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
@@ -250,27 +251,32 @@ fn list_rules(state: &ApiState, head: &Head, caller: &Caller) -> Result<Response
     let needle = query.map(str::to_lowercase);
     let snapshot = state.snapshot.load();
     let now = SystemTime::now();
-    let mut rows = Vec::new();
+    let hit = |e: &Entry| {
+        let (Some(needle), Some(number)) = (&needle, &number) else {
+            return true;
+        };
+        let text = e.pattern.to_string().to_lowercase();
+        text.contains(needle.as_str())
+            || e.reason.to_lowercase().contains(needle.as_str())
+            || text.contains(&number.to_string().to_lowercase())
+            || (matches!(number, CallerNumber::E164(_)) && e.pattern.matches(number))
+    };
+    // One unsorted pass that keeps the first `limit` matches and counts the rest; only the
+    // rows returned are sorted. A 10-million list is never copied or sorted whole.
+    let mut rows: Vec<Entry> = Vec::new();
     let mut total = 0usize;
-    for e in snapshot.live_entries(now) {
-        if list.is_some_and(|l| e.list != l) || only.as_ref().is_some_and(|t| e.tenant != *t) {
+    let scope = only.as_ref().map(Option::as_ref);
+    for e in snapshot.live_where(now, list, scope, None) {
+        if !hit(&e) {
             continue;
-        }
-        if let (Some(needle), Some(number)) = (&needle, &number) {
-            let text = e.pattern.to_string().to_lowercase();
-            let hit = text.contains(needle.as_str())
-                || e.reason.to_lowercase().contains(needle.as_str())
-                || text.contains(&number.to_string().to_lowercase())
-                || (matches!(number, CallerNumber::E164(_)) && e.pattern.matches(number));
-            if !hit {
-                continue;
-            }
         }
         total += 1;
         if rows.len() < limit {
-            rows.push(EntryJson::of(&e));
+            rows.push(e.into_owned());
         }
     }
+    rows.sort_by_cached_key(|e| (e.tenant.clone(), e.list, e.pattern.to_string()));
+    let rows: Vec<EntryJson> = rows.iter().map(EntryJson::of).collect();
     Ok(Response::ok(
         200,
         json!({ "rules": rows, "count": total, "truncated": total > limit }),
@@ -588,21 +594,28 @@ async fn calls(state: &ApiState, head: &Head, caller: &Caller) -> Result<Respons
 fn floods(state: &ApiState, caller: &Caller) -> Result<Response, Refusal> {
     let snapshot = state.snapshot.load();
     let now = SystemTime::now();
-    let bans: Vec<Value> = snapshot
-        .live_entries(now)
-        .into_iter()
-        .filter(|e| e.added_by.as_deref() == Some(crate::bans::DETECTOR))
-        .filter(|e| match &caller.scope {
-            Scope::Global => true,
-            Scope::Tenant(own) => e.tenant.as_ref() == Some(own),
-        })
+    let scope = match &caller.scope {
+        Scope::Global => None,
+        Scope::Tenant(own) => Some(Some(own)),
+    };
+    let mut banned: Vec<Cow<'_, Entry>> = snapshot
+        .live_where(
+            now,
+            Some(ListKind::Block),
+            scope,
+            Some(crate::bans::DETECTOR),
+        )
+        .collect();
+    banned.sort_by_cached_key(|e| (e.tenant.clone(), e.pattern.to_string()));
+    let bans: Vec<Value> = banned
+        .iter()
         .map(|e| {
             let left = e
                 .expires_at
                 .and_then(|at| at.duration_since(now).ok())
                 .map(|d| Duration::from_secs(d.as_secs()));
             json!({
-                "ban": EntryJson::of(&e),
+                "ban": EntryJson::of(e),
                 "expires_in_seconds": left.map(|d| d.as_secs()),
             })
         })
