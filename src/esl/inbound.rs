@@ -335,7 +335,7 @@ pub fn setvar_command(uuid: &str, name: &str, value: &str) -> String {
 }
 
 /// A channel UUID as it may appear in an api command line: hex digits and dashes only.
-fn uuid_only(text: &str) -> String {
+pub(crate) fn uuid_only(text: &str) -> String {
     text.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(64)

@@ -1,6 +1,6 @@
 //! One outbound Event Socket session: FreeSWITCH's `socket` application connected to us.
-//! `connect` -> channel data -> decide -> `set` the variables -> carry out the action, or
-//! `resume` the dialplan. I/O glue only: bytes go through [`super::codec`], the decision
+//! `connect` -> channel data -> decide -> set the variables -> carry out the action, or
+//! `resume` the dialplan (without an application to wait for, all of it in one write). I/O glue only: bytes go through [`super::codec`], the decision
 //! through [`Engine`]. Every accepted socket ends with a verdict and a `resume` or a hang-up
 //! whenever FreeSWITCH is still there, because a socket that just closes leaves the caller
 //! parked in silence.
@@ -135,6 +135,23 @@ impl Conn {
         }
         let call = call_from_channel(&data, peer);
         let decision = engine.decide_when_ready(&call).await;
+        let act = decision.verdict == Verdict::Block && self.settings.act_on_block;
+        let action = decision.action.as_ref().filter(|_| act);
+        let uuid = data
+            .get("Unique-ID")
+            .map(super::inbound::uuid_only)
+            .filter(|u| !u.is_empty());
+        // Without an application to wait for, the whole answer goes in one write and no
+        // events are asked for (see `answer_at_once`).
+        let waits_for_an_app = matches!(
+            action,
+            Some(RuleAction::Playback { .. } | RuleAction::Redirect { .. })
+        );
+        if let (Some(uuid), false) = (uuid.as_deref(), waits_for_an_app) {
+            return self
+                .answer_at_once(stream, uuid, &decision, action, received)
+                .await;
+        }
 
         // Events tell us when our `set` has run, so `resume` cannot overtake it. `myevents`
         // and every `set` go out in one write and their replies are read after: FreeSWITCH's
@@ -169,8 +186,7 @@ impl Conn {
         if self.hung_up {
             return Ok(());
         }
-        let act = decision.verdict == Verdict::Block && self.settings.act_on_block;
-        match decision.action.as_ref().filter(|_| act) {
+        match action {
             Some(RuleAction::Hangup { cause }) => {
                 self.hangup(stream, codec::hangup_cause_name(*cause)).await
             }
@@ -224,6 +240,59 @@ impl Conn {
             self.wait_executed(stream, &uuid, timeout).await?;
         }
         Ok(())
+    }
+
+    /// The answer for a call whose action needs no application to run (allow, tag, hang-up,
+    /// busy, congestion), in one write: the variables with `api uuid_setvar` (set at once by
+    /// the API, before FreeSWITCH reads the next command, so no events are needed to order them)
+    /// then `sendmsg hangup`, or `resume` and `exit`. FreeSWITCH's reader takes the socket a
+    /// byte at a time and answers each command in order; the replies are read after. Two round
+    /// trips for the whole call (the `connect` and this), no event traffic.
+    async fn answer_at_once(
+        &mut self,
+        stream: &mut TcpStream,
+        uuid: &str,
+        decision: &Decision,
+        action: Option<&RuleAction>,
+        received: std::time::Instant,
+    ) -> Result<(), EslSessionError> {
+        let vars = decision_variables(decision);
+        let mut out = Vec::with_capacity(1024);
+        for (name, value) in &vars {
+            codec::encode_api(&mut out, &super::inbound::setvar_command(uuid, name, value));
+        }
+        let hangup_cause = match action {
+            Some(RuleAction::Hangup { cause }) => Some(codec::hangup_cause_name(*cause)),
+            Some(RuleAction::Busy) => Some("USER_BUSY"),
+            Some(RuleAction::Congestion) => Some("NORMAL_CIRCUIT_CONGESTION"),
+            _ => None,
+        };
+        match hangup_cause {
+            Some(cause) => codec::encode_sendmsg_hangup(&mut out, None, cause),
+            None => {
+                codec::encode_resume(&mut out);
+                codec::encode_exit(&mut out);
+            }
+        }
+        stream.write_all(&out).await?;
+        // callguard_verdict is written.
+        crate::metrics::record_verdict_time("esl", received.elapsed());
+        for (name, _) in &vars {
+            let reply = self
+                .expect_reply(stream, b"api uuid_setvar", "api uuid_setvar")
+                .await?;
+            if reply.body().is_some_and(|b| b.starts_with(b"-ERR")) {
+                let text = String::from_utf8_lossy(reply.body().unwrap_or_default());
+                warn!(uuid, variable = name, reply = %text.trim_end(), "esl: uuid_setvar refused");
+            }
+        }
+        if hangup_cause.is_some() {
+            self.expect_reply(stream, b"sendmsg hangup", "sendmsg hangup")
+                .await?;
+            return Ok(());
+        }
+        self.expect_reply(stream, b"resume", "resume").await?;
+        self.exit_reply(stream).await
     }
 
     async fn hangup(&mut self, stream: &mut TcpStream, cause: &str) -> Result<(), EslSessionError> {

@@ -25,6 +25,9 @@ const LINGER_REPLY: &[u8] =
     include_bytes!("../../tests/fixtures/freeswitch/outbound/call1_linger_reply.raw");
 const OK_REPLY: &[u8] =
     include_bytes!("../../tests/fixtures/freeswitch/outbound/call1_sendmsg_execute_reply.raw");
+/// FreeSWITCH's answer to an `api` command that succeeded (`+OK`), as captured.
+const API_OK_REPLY: &[u8] =
+    include_bytes!("../../tests/fixtures/freeswitch/outbound/call1_api_uuid_kill_reply.raw");
 const UNKNOWN_REPLY: &[u8] =
     include_bytes!("../../tests/fixtures/freeswitch/outbound/call1_unknown_command_reply.raw");
 const EXIT_REPLY: &[u8] =
@@ -343,6 +346,20 @@ pub async fn call(
                 out.extend_from_slice(MYEVENTS_REPLY);
             }
             "linger" => out.extend_from_slice(LINGER_REPLY),
+            "api" => {
+                // `api uuid_setvar <uuid> callguard_verdict <verdict>` carries the verdict when
+                // callguard answers without events.
+                let mut words = command.first.split(' ').skip(1);
+                if words.next() == Some("uuid_setvar") && words.nth(1) == Some("callguard_verdict")
+                {
+                    channel.verdict = Some(match words.next() {
+                        Some("block") => Outcome::Block,
+                        Some("allow") => Outcome::Allow,
+                        _ => Outcome::Other,
+                    });
+                }
+                out.extend_from_slice(API_OK_REPLY);
+            }
             "resume" => out.extend_from_slice(OK_REPLY),
             "exit" => {
                 out.extend_from_slice(EXIT_REPLY);

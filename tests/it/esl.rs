@@ -136,6 +136,17 @@ pub fn esl_call(addr: SocketAddr, caller_id: &str, extra: &[(&str, &str)]) -> Es
         let mut reply: Vec<u8> = match first.split(' ').next().unwrap_or("") {
             "connect" => connect_reply(caller_id, extra),
             "myevents" => fixture("freeswitch/outbound/call1_myevents_reply.raw"),
+            "api" => {
+                // `api uuid_setvar <uuid> <name> <value...>`: the value is the rest of the line.
+                let mut words = first.splitn(5, ' ');
+                let (_, command, _uuid) = (words.next(), words.next(), words.next());
+                if command == Some("uuid_setvar") {
+                    let name = words.next().unwrap_or_default().to_owned();
+                    let value = words.next().unwrap_or_default().to_owned();
+                    outcome.vars.push((name, value));
+                }
+                fixture("freeswitch/outbound/call1_api_uuid_kill_reply.raw")
+            }
             "resume" => {
                 outcome.resumed = true;
                 fixture("freeswitch/outbound/call2_resume_reply.raw")
@@ -256,6 +267,8 @@ fn block_and_allow_over_esl_with_every_action() {
         "{played:?}"
     );
     assert_eq!(played.hangup_cause.as_deref(), Some("NORMAL_CLEARING"));
+    // An application to wait for: events on, and the variables set ahead of it.
+    assert_eq!(played.commands[..2], ["connect", "myevents"], "{played:?}");
     let redirected = esl_call(esl, "84950000005", &[]);
     assert_eq!(
         redirected.execs,
@@ -275,8 +288,16 @@ fn block_and_allow_over_esl_with_every_action() {
     assert_eq!(allowed.var("callguard_reason"), Some("no match"));
     assert!(allowed.resumed, "{allowed:?}");
     assert_eq!(allowed.commands.last().map(String::as_str), Some("exit"));
-    // The order FreeSWITCH needs: connect, myevents, the sets, resume after the last set ran.
-    assert_eq!(allowed.commands[..2], ["connect", "myevents"]);
+    // No application to wait for: the variables by `api uuid_setvar` (set before FreeSWITCH
+    // reads the next command), then resume and exit, no events asked for.
+    assert_eq!(allowed.commands[0], "connect");
+    assert!(
+        allowed.commands[1..4]
+            .iter()
+            .all(|c| c.starts_with("api uuid_setvar ")),
+        "{allowed:?}"
+    );
+    assert_eq!(allowed.commands[4..], ["resume", "exit"]);
 }
 
 #[test]
@@ -319,6 +340,7 @@ fn values_cannot_inject_esl_headers_or_commands() {
     assert!(
         call.commands.iter().all(|c| c.starts_with("connect")
             || c.starts_with("myevents")
+            || c.starts_with("api uuid_setvar ")
             || c.starts_with("sendmsg")),
         "{call:?}"
     );
@@ -367,11 +389,12 @@ fn garbage_silence_and_hangups_never_stall_the_server() {
     assert_eq!(esl_call(esl, "84951234567", &[]).verdict(), "block");
 }
 
-/// `myevents` and every `set` go out before any reply is awaited (one round trip; safe because
-/// FreeSWITCH's reader takes them off the socket one by one): this FreeSWITCH answers nothing
-/// after the channel data and still receives them all, in order.
+/// The whole answer to an allowed call (every variable, `resume`, `exit`) goes out before any
+/// reply is awaited (safe because FreeSWITCH's reader takes commands off the socket one by
+/// one), with no `myevents`: this FreeSWITCH answers nothing after the channel data and still
+/// receives it all, in order.
 #[test]
-fn myevents_and_the_variables_go_out_in_one_flight() {
+fn an_allowed_call_is_answered_in_one_flight_without_events() {
     let (_dir, server) = server_with_rules(&[], &[]);
     let addr = server.esl.expect("esl listener");
     let mut s = TcpStream::connect(addr).expect("connect");
@@ -398,8 +421,14 @@ fn myevents_and_the_variables_go_out_in_one_flight() {
     assert_eq!(read_message(), "connect");
     s.write_all(&connect_reply("84951234567", &[]))
         .expect("channel data");
-    assert_eq!(read_message(), "myevents");
-    for _ in 0..3 {
-        assert_eq!(read_message(), "sendmsg");
+    for name in ["verdict", "reason", "number"] {
+        let command = read_message();
+        assert!(
+            command.starts_with("api uuid_setvar ")
+                && command.contains(&format!(" callguard_{name}")),
+            "{command}"
+        );
     }
+    assert_eq!(read_message(), "resume");
+    assert_eq!(read_message(), "exit");
 }
