@@ -147,7 +147,9 @@ impl Conn {
             action,
             Some(RuleAction::Playback { .. } | RuleAction::Redirect { .. })
         );
-        if let (Some(uuid), false) = (uuid.as_deref(), waits_for_an_app) {
+        // `api` needs `socket ... full`; without it FreeSWITCH answers `-ERR command not found`.
+        let full_control = data.get("Control") == Some("full");
+        if let (Some(uuid), false, true) = (uuid.as_deref(), waits_for_an_app, full_control) {
             return self
                 .answer_at_once(stream, uuid, &decision, action, received)
                 .await;

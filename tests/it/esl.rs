@@ -64,6 +64,10 @@ fn connect_reply(caller_id: &str, extra: &[(&str, &str)]) -> Vec<u8> {
                 out.push_str(&format!("{k}: {}\n", url_encode(v)));
             }
         }
+        if extra.iter().any(|(k, _)| *k == name) {
+            // Given in `extra` instead.
+            continue;
+        }
         if matches!(
             name,
             "Caller-Caller-ID-Number" | "Channel-Caller-ID-Number" | "Caller-ANI" | "Channel-ANI"
@@ -431,4 +435,21 @@ fn an_allowed_call_is_answered_in_one_flight_without_events() {
     }
     assert_eq!(read_message(), "resume");
     assert_eq!(read_message(), "exit");
+}
+
+/// A `socket` app without `full` may not send `api` (FreeSWITCH answers `-ERR command not
+/// found`): the channel data says `Control: single-channel`, and callguard sets the variables
+/// with `sendmsg set` instead.
+#[test]
+fn without_full_control_the_variables_go_by_sendmsg() {
+    let (_dir, server) = server_with_rules(&[], &[]);
+    let esl = server.esl.expect("esl listener");
+    let call = esl_call(esl, "84957654321", &[("Control", "single-channel")]);
+    assert_eq!(call.verdict(), "allow", "{call:?}");
+    assert!(call.resumed, "{call:?}");
+    assert!(
+        call.commands.iter().all(|c| !c.starts_with("api ")),
+        "{call:?}"
+    );
+    assert_eq!(call.commands[..2], ["connect", "myevents"], "{call:?}");
 }
