@@ -228,63 +228,23 @@ pub struct Request {
     pub path: String,
 }
 
-/// Why a request head is not HTTP/1.x.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    /// Not UTF-8 (a head we serve is ASCII).
-    #[error("request head is not text")]
-    NotText,
-    /// The request line is not `METHOD SP /path SP HTTP/1.x`.
-    #[error("bad request line")]
-    RequestLine,
-    /// A header line without a valid `name:`.
-    #[error("bad header line")]
-    Header,
-}
+/// Why a request head is not HTTP/1.x (the admin API's parser reads both listeners' heads).
+pub use crate::api::request::RequestError;
 
-/// Parses a complete head (as cut by [`head_end`]). Header values are ignored: nothing served
+/// Parses a complete head (as cut by [`head_end`]) with the admin API's parser, keeping what
+/// this listener serves by: method and path. Header values are ignored: nothing served here
 /// depends on them, and every response closes the connection.
 pub fn parse_request(head: &[u8]) -> Result<Request, RequestError> {
-    let text = std::str::from_utf8(head).map_err(|_| RequestError::NotText)?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let line = lines.next().ok_or(RequestError::RequestLine)?;
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(RequestError::RequestLine);
-    };
-    if !is_token(method) || !target.starts_with('/') || !matches!(version, "HTTP/1.0" | "HTTP/1.1")
-    {
-        return Err(RequestError::RequestLine);
-    }
-    if target.bytes().any(|b| b.is_ascii_control() || b >= 0x80) {
-        return Err(RequestError::RequestLine);
-    }
-    for header in lines.take_while(|l| !l.is_empty()) {
-        let name = header.split_once(':').map(|(name, _)| name);
-        if !name.is_some_and(is_token) {
-            return Err(RequestError::Header);
-        }
-    }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    let method = match method {
+    let head = crate::api::request::parse_head(head)?;
+    let method = match head.method.as_str() {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
-        other => Method::Other(other.to_owned()),
+        _ => Method::Other(head.method),
     };
     Ok(Request {
         method,
-        path: path.to_owned(),
+        path: head.path,
     })
-}
-
-/// RFC 9110 `token`: what methods and header names are made of.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// A response ready to encode.
