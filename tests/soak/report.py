@@ -157,7 +157,7 @@ p = print
 p(f"### Soak run: {minutes} min at {rate:.0f} calls/s, Redis restarted every {restart_every} min")
 p()
 p(f"Commit `{env.get('COMMIT', '?')}`. Parameters: SOAK_MINUTES={minutes} RESTART_EVERY={restart_every} "
-  f"REDIS_DOWN={env.get('REDIS_DOWN')}s RATE={rate:.0f} CONCURRENCY={env.get('CONCURRENCY')} "
+  f"PROTOCOL={env.get('PROTOCOL', 'agi')} REDIS_DOWN={env.get('REDIS_DOWN')}s RATE={rate:.0f} CONCURRENCY={env.get('CONCURRENCY')} "
   f"BLOCKED_SHARE={env.get('BLOCKED_SHARE')} REPORT_EVERY={env.get('REPORT_EVERY')}; "
   f"loadgen exit {env.get('LOADGEN_RC')}, edit check exit {env.get('CHECK_RC')}.")
 p()

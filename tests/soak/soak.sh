@@ -10,7 +10,8 @@
 #
 # Knobs (environment): SOAK_MINUTES (30), RESTART_EVERY (5, minutes), REDIS_DOWN (5, seconds),
 # RATE (1000 calls/s), CONCURRENCY (64), BLOCKED_SHARE (0.3), REPORT_EVERY (60s),
-# RSS_EVERY (60, seconds), EDIT_PAUSE (0.2, seconds between edits), OUT (target/soak/<time>).
+# RSS_EVERY (60, seconds), EDIT_PAUSE (0.2, seconds between edits), OUT (target/soak/<time>),
+# PROTOCOL (agi, or esl: the load as FreeSWITCH's socket app; the final check stays FastAGI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -24,6 +25,7 @@ BLOCKED_SHARE=${BLOCKED_SHARE:-0.3}
 REPORT_EVERY=${REPORT_EVERY:-60s}
 RSS_EVERY=${RSS_EVERY:-60}
 EDIT_PAUSE=${EDIT_PAUSE:-0.2}
+PROTOCOL=${PROTOCOL:-agi}
 OUT=${OUT:-$ROOT/target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
 # An edit the CLI keeps failing is given up after this many attempts (reported, not hidden).
 EDIT_ATTEMPTS=${EDIT_ATTEMPTS:-600}
@@ -43,6 +45,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 RPORT=$(free_port)
 APORT=$(free_port)
 MPORT=$(free_port)
+EPORT=$(free_port)
 [[ $RPORT != 6379 ]] || RPORT=$(free_port)
 
 PIDS=()
@@ -100,7 +103,7 @@ log_level = "info"
 [agi]
 listen = "127.0.0.1:$APORT"
 [esl]
-listen = "off"
+listen = "127.0.0.1:$EPORT"
 [metrics]
 listen = "127.0.0.1:$MPORT"
 EOF
@@ -135,7 +138,12 @@ T0=$(now)
 printf '0\t%s\n' "$(rss_kb "$SERVE_PID")" >>"$OUT/rss.tsv"
 since() { echo "$(now) - $T0" | bc; }
 
-"$BIN" --config "$CFG" loadgen --agi "127.0.0.1:$APORT" --keep-list \
+case $PROTOCOL in
+  agi) LOAD_TARGET=(--agi "127.0.0.1:$APORT") ;;
+  esl) LOAD_TARGET=(--esl "127.0.0.1:$EPORT") ;;
+  *) echo "PROTOCOL must be agi or esl" >&2; exit 2 ;;
+esac
+"$BIN" --config "$CFG" loadgen "${LOAD_TARGET[@]}" --keep-list \
   --duration "${SOAK_MINUTES}m" --rate "$RATE" --concurrency "$CONCURRENCY" \
   --blocked-share "$BLOCKED_SHARE" --report-every "$REPORT_EVERY" \
   --metrics "127.0.0.1:$MPORT" >"$OUT/loadgen.out" 2>"$OUT/loadgen.err" &
@@ -250,7 +258,7 @@ grep -c 'loaded from redis' "$OUT/serve.log" >"$OUT/loaded.count" || true
 REPORT_RC=0
 SOAK_MINUTES=$SOAK_MINUTES RESTART_EVERY=$RESTART_EVERY REDIS_DOWN=$REDIS_DOWN RATE=$RATE \
   CONCURRENCY=$CONCURRENCY BLOCKED_SHARE=$BLOCKED_SHARE REPORT_EVERY=$REPORT_EVERY \
-  LOADGEN_RC=$LOADGEN_RC CHECK_RC=$CHECK_RC COMMIT=$COMMIT \
+  LOADGEN_RC=$LOADGEN_RC CHECK_RC=$CHECK_RC COMMIT=$COMMIT PROTOCOL=$PROTOCOL \
   python3 tests/soak/report.py "$OUT" >"$OUT/report.md" || REPORT_RC=$?
 cat "$OUT/report.md"
 echo "soak: report in $OUT/report.md"
