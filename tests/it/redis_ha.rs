@@ -382,6 +382,116 @@ fn flood_config(dir: &tempfile::TempDir) -> String {
     path.display().to_string()
 }
 
+/// The topology-independent part of a master-crash-under-load test: `callguard serve` on the
+/// HA URL with flood detection, FastAGI calls without pause, edits acknowledged before,
+/// during and after the failover, and the checks that all of them and a flood ban detected
+/// meanwhile are in force with no call left without a verdict.
+struct CrashDrill {
+    url: String,
+    server: Server,
+    load: Load,
+    acknowledged: Vec<String>,
+    _cfg_dir: tempfile::TempDir,
+}
+
+impl CrashDrill {
+    /// A rule before the server starts, the server and the load, then two edits acknowledged
+    /// once a replica has them (WAIT), so the crash cannot take them away.
+    fn start(url: &str) -> CrashDrill {
+        cli_ok(url, &["block", "+73830000000", "--reason", "before"]);
+        let cfg_dir = tempfile::tempdir().expect("tempdir");
+        let cfg = flood_config(&cfg_dir);
+        let server = Server::start(
+            url,
+            &[
+                ("CALLGUARD_CONFIG", cfg.as_str()),
+                ("CALLGUARD_FLOOD__ENABLED", "true"),
+                ("CALLGUARD_REDIS__MAX_BACKOFF_MS", "1000"),
+            ],
+        );
+        let load = Load::start(server.agi, "+73830000000");
+        let mut acknowledged: Vec<String> = Vec::new();
+        for n in ["+73830000001", "+73830000002"] {
+            let out = cli(url, &["block", n]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success() && !err.contains("replica"), "{err}");
+            acknowledged.push(n.to_owned());
+        }
+        CrashDrill {
+            url: url.to_owned(),
+            server,
+            load,
+            acknowledged,
+            _cfg_dir: cfg_dir,
+        }
+    }
+
+    /// Right after the crash: a flooding caller, then an edit tried every 200 ms (kept when the
+    /// CLI acknowledges it) until `switched` says the failover is done; how long that took.
+    fn ride_out(&mut self, crashed: Instant, mut switched: impl FnMut() -> bool) -> Duration {
+        for _ in 0..5 {
+            agi_call(self.server.agi, "+73835550001");
+        }
+        let mut k = 0;
+        loop {
+            if switched() {
+                return crashed.elapsed();
+            }
+            assert!(crashed.elapsed() < Duration::from_secs(20), "no failover");
+            k += 1;
+            let n = format!("+7383100{k:04}");
+            if cli(&self.url, &["block", &n]).status.success() {
+                self.acknowledged.push(n);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Edits after the failover, then: every acknowledged edit and the flood ban decide calls
+    /// and are listed, the load saw no call without a verdict, the server reloaded.
+    fn verify(mut self, switched: Duration) {
+        let url = self.url.clone();
+        for n in ["+73832000001", "+73832000002"] {
+            assert!(
+                within(Duration::from_secs(5), || cli(&url, &["block", n])
+                    .status
+                    .success())
+                .is_some(),
+                "the CLI cannot write after the failover"
+            );
+            self.acknowledged.push(n.to_owned());
+        }
+        self.acknowledged.push("+73835550001".to_owned());
+        for n in &self.acknowledged {
+            assert!(
+                within(Duration::from_secs(15), || agi_call(self.server.agi, n)
+                    .verdict()
+                    == "block")
+                .is_some(),
+                "{n} is not blocked after the failover ({switched:?} after the crash): {:#?}",
+                self.server.drain_logs()
+            );
+        }
+        let report = self.load.finish();
+        assert_eq!(report.no_verdict, 0, "{report:?}");
+        assert_eq!(report.not_blocked, 0, "{report:?}");
+        assert!(report.calls > 100, "{report:?}");
+        let logs = self.server.drain_logs().join("\n");
+        assert!(logs.contains("flood: banned"), "{logs}");
+        assert!(
+            logs.contains("loaded from redis"),
+            "no reload after the switch: {logs}"
+        );
+        let listed = cli_ok(&url, &["list"]);
+        for n in &self.acknowledged {
+            assert!(
+                listed.contains(n.as_str()),
+                "{n} missing after the failover: {listed}"
+            );
+        }
+    }
+}
+
 /// Sentinel, the master crashes while calls go through without pause: every call gets a
 /// verdict; edits acknowledged before the crash, edits made during it (those the CLI
 /// acknowledged) and after it, and a flood ban detected while no master was reachable are all
@@ -389,28 +499,7 @@ fn flood_config(dir: &tempfile::TempDir) -> String {
 #[test]
 fn sentinel_master_crash_under_load_loses_no_verdict_edit_or_ban() {
     let mut setup = SentinelSetup::start();
-    let url = setup.url();
-    cli_ok(&url, &["block", "+73830000000", "--reason", "before"]);
-    let cfg_dir = tempfile::tempdir().expect("tempdir");
-    let cfg = flood_config(&cfg_dir);
-    let server = Server::start(
-        &url,
-        &[
-            ("CALLGUARD_CONFIG", cfg.as_str()),
-            ("CALLGUARD_FLOOD__ENABLED", "true"),
-            ("CALLGUARD_REDIS__MAX_BACKOFF_MS", "1000"),
-        ],
-    );
-    let load = Load::start(server.agi, "+73830000000");
-    let mut acknowledged: Vec<String> = Vec::new();
-    for n in ["+73830000001", "+73830000002"] {
-        // Acknowledged once a replica has it (WAIT), so the crash cannot take it away.
-        let out = cli(&url, &["block", n]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !err.contains("replica"), "{err}");
-        acknowledged.push(n.to_owned());
-    }
-
+    let mut drill = CrashDrill::start(&setup.url());
     let old = setup.master().port;
     let crashed = Instant::now();
     setup
@@ -419,67 +508,18 @@ fn sentinel_master_crash_under_load_loses_no_verdict_edit_or_ban() {
         .find(|n| n.port == old)
         .expect("master")
         .kill();
-    // Meanwhile: a flooding caller, and edits the CLI may or may not get through.
-    for _ in 0..5 {
-        agi_call(server.agi, "+73835550001");
-    }
-    let mut k = 0;
-    let switched = loop {
-        let now_master = setup.master_port().filter(|&p| p != old);
-        if let Some(port) = now_master
-            && setup
-                .nodes
-                .iter()
-                .any(|n| n.port == port && n.cli(&["ROLE"]).starts_with("master"))
-        {
-            break crashed.elapsed();
-        }
-        assert!(crashed.elapsed() < Duration::from_secs(20), "no failover");
-        k += 1;
-        let n = format!("+7383100{k:04}");
-        if cli(&url, &["block", &n]).status.success() {
-            acknowledged.push(n);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    for n in ["+73832000001", "+73832000002"] {
-        assert!(
-            within(Duration::from_secs(5), || cli(&url, &["block", n])
-                .status
-                .success())
-            .is_some(),
-            "the CLI cannot write after the failover"
-        );
-        acknowledged.push(n.to_owned());
-    }
-    acknowledged.push("+73835550001".to_owned());
-    for n in &acknowledged {
-        assert!(
-            within(Duration::from_secs(15), || agi_call(server.agi, n)
-                .verdict()
-                == "block")
-            .is_some(),
-            "{n} is not blocked after the failover ({switched:?} after the crash): {:#?}",
-            server.drain_logs()
-        );
-    }
-    let report = load.finish();
-    assert_eq!(report.no_verdict, 0, "{report:?}");
-    assert_eq!(report.not_blocked, 0, "{report:?}");
-    assert!(report.calls > 100, "{report:?}");
-    let logs = server.drain_logs().join("\n");
-    assert!(logs.contains("flood: banned"), "{logs}");
-    assert!(
-        logs.matches("loaded from redis").count() >= 1,
-        "no reload after the switch: {logs}"
-    );
-    let listed = cli_ok(&url, &["list"]);
-    for n in &acknowledged {
-        assert!(
-            listed.contains(n.as_str()),
-            "{n} missing from the new master: {listed}"
-        );
-    }
+    let switched = drill.ride_out(crashed, || {
+        setup
+            .master_port()
+            .filter(|&p| p != old)
+            .is_some_and(|port| {
+                setup
+                    .nodes
+                    .iter()
+                    .any(|n| n.port == port && n.cli(&["ROLE"]).starts_with("master"))
+            })
+    });
+    drill.verify(switched);
 }
 
 /// Cluster of 3 masters with a replica each; the master holding acknowledged edits crashes
@@ -489,27 +529,7 @@ fn sentinel_master_crash_under_load_loses_no_verdict_edit_or_ban() {
 #[test]
 fn cluster_master_crash_under_load_loses_no_verdict_edit_or_ban() {
     let mut cluster = Cluster::start(1);
-    let url = cluster.url();
-    cli_ok(&url, &["block", "+73830000000", "--reason", "before"]);
-    let cfg_dir = tempfile::tempdir().expect("tempdir");
-    let cfg = flood_config(&cfg_dir);
-    let server = Server::start(
-        &url,
-        &[
-            ("CALLGUARD_CONFIG", cfg.as_str()),
-            ("CALLGUARD_FLOOD__ENABLED", "true"),
-            ("CALLGUARD_REDIS__MAX_BACKOFF_MS", "1000"),
-        ],
-    );
-    let load = Load::start(server.agi, "+73830000000");
-    let mut acknowledged: Vec<String> = Vec::new();
-    for n in ["+73830000001", "+73830000002"] {
-        // Acknowledged once a replica has it (WAIT), so the crash cannot take it away.
-        let out = cli(&url, &["block", n]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success() && !err.contains("replica"), "{err}");
-        acknowledged.push(n.to_owned());
-    }
+    let mut drill = CrashDrill::start(&cluster.url());
     // The master holding the first edit, and its replica.
     let key = "callguard:block:+73830000001";
     let victim = cluster
@@ -526,66 +546,14 @@ fn cluster_master_crash_under_load_loses_no_verdict_edit_or_ban() {
             role.starts_with("slave") && role.lines().nth(2) == Some(victim_port.as_str())
         })
         .expect("the master has a replica");
-
     let crashed = Instant::now();
     cluster.nodes[victim].kill();
-    for _ in 0..5 {
-        agi_call(server.agi, "+73835550001");
-    }
-    let mut k = 0;
-    let switched = loop {
+    let switched = drill.ride_out(crashed, || {
         let info = cluster.nodes[replica].cli(&["CLUSTER", "INFO"]);
-        if cluster.nodes[replica].cli(&["ROLE"]).starts_with("master")
+        cluster.nodes[replica].cli(&["ROLE"]).starts_with("master")
             && field(&info, "cluster_state") == Some("ok")
-        {
-            break crashed.elapsed();
-        }
-        assert!(crashed.elapsed() < Duration::from_secs(20), "no failover");
-        k += 1;
-        let n = format!("+7383100{k:04}");
-        if cli(&url, &["block", &n]).status.success() {
-            acknowledged.push(n);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    for n in ["+73832000001", "+73832000002"] {
-        assert!(
-            within(Duration::from_secs(5), || cli(&url, &["block", n])
-                .status
-                .success())
-            .is_some(),
-            "the CLI cannot write after the failover"
-        );
-        acknowledged.push(n.to_owned());
-    }
-    acknowledged.push("+73835550001".to_owned());
-    for n in &acknowledged {
-        assert!(
-            within(Duration::from_secs(15), || agi_call(server.agi, n)
-                .verdict()
-                == "block")
-            .is_some(),
-            "{n} is not blocked after the failover ({switched:?} after the crash): {:#?}",
-            server.drain_logs()
-        );
-    }
-    let report = load.finish();
-    assert_eq!(report.no_verdict, 0, "{report:?}");
-    assert_eq!(report.not_blocked, 0, "{report:?}");
-    assert!(report.calls > 100, "{report:?}");
-    let logs = server.drain_logs().join("\n");
-    assert!(logs.contains("flood: banned"), "{logs}");
-    assert!(
-        logs.contains("loaded from redis"),
-        "no reload after the switch: {logs}"
-    );
-    let listed = cli_ok(&url, &["list"]);
-    for n in &acknowledged {
-        assert!(
-            listed.contains(n.as_str()),
-            "{n} missing after the failover: {listed}"
-        );
-    }
+    });
+    drill.verify(switched);
 }
 
 /// Sentinel where the data nodes and the sentinels each require a password: the URL's
