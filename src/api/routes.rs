@@ -52,6 +52,8 @@ pub struct Response {
     pub raw: Option<&'static str>,
     /// Media type of `raw` (`body` is always JSON).
     pub content_type: &'static str,
+    /// Answer to `HEAD`: the headers `GET` would get (Content-Length included), no body.
+    pub head_only: bool,
     /// Extra header lines (without CRLF).
     pub extra: Vec<String>,
 }
@@ -63,6 +65,7 @@ impl Response {
             body,
             raw: None,
             content_type: "application/json",
+            head_only: false,
             extra: Vec::new(),
         }
     }
@@ -97,7 +100,9 @@ impl Response {
             out.push_str("\r\n");
         }
         out.push_str("\r\n");
-        out.push_str(&body);
+        if !self.head_only {
+            out.push_str(&body);
+        }
         out.into_bytes()
     }
 }
@@ -131,9 +136,9 @@ fn bad(message: impl AsRef<str>) -> Refusal {
 /// Answers one request.
 pub async fn respond(state: &ApiState, head: &Head, body: &[u8], peer: SocketAddr) -> Response {
     if let Some(asset) = super::page::asset(&head.path) {
-        if head.method != "GET" {
+        if !matches!(head.method.as_str(), "GET" | "HEAD") {
             let mut r = Response::error(405, &format!("{} takes only GET", head.path));
-            r.extra.push("Allow: GET".to_owned());
+            r.extra.push("Allow: GET, HEAD".to_owned());
             return r;
         }
         // The page holds no data (it asks for a token and calls the API): served to anyone
@@ -141,6 +146,7 @@ pub async fn respond(state: &ApiState, head: &Head, body: &[u8], peer: SocketAdd
         return Response {
             raw: Some(asset.body),
             content_type: asset.content_type,
+            head_only: head.method == "HEAD",
             ..Response::ok(200, Value::Null)
         };
     }

@@ -69,6 +69,23 @@ fn page_is_served_embedded_with_security_headers() {
     assert_eq!(api(addr, "GET", "/api/rules", None, None).status, 401);
     let r = api(addr, "POST", "/", None, Some("{}"));
     assert_eq!(r.status, 405, "{}", r.body);
+    assert!(r.headers.iter().any(|h| h == "Allow: GET, HEAD"), "{r:?}");
+    // HEAD (link checkers, monitoring): GET's headers, no body.
+    let get = api(addr, "GET", "/", None, None);
+    let head = api(addr, "HEAD", "/", None, None);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "{}", head.body);
+    let length = |r: &crate::support::HttpAnswer| {
+        r.headers
+            .iter()
+            .find(|h| h.starts_with("Content-Length: "))
+            .cloned()
+    };
+    assert_eq!(length(&head), length(&get));
+    assert_eq!(
+        length(&get),
+        Some(format!("Content-Length: {}", get.body.len()))
+    );
 }
 
 /// The whole story on the default embedded store.
