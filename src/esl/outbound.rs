@@ -279,7 +279,26 @@ impl Conn {
         stream.write_all(&out).await?;
         // callguard_verdict is written.
         crate::metrics::record_verdict_time("esl", received.elapsed());
-        for (name, _) in &vars {
+        match self
+            .read_answers(stream, uuid, &vars, hangup_cause.is_some())
+            .await
+        {
+            // The caller hung up meanwhile (FreeSWITCH said so, then closed): nothing is
+            // left to do for this call, and nothing went wrong.
+            Err(EslSessionError::Closed(_)) if self.hung_up => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The replies to what [`Conn::answer_at_once`] wrote, in order.
+    async fn read_answers(
+        &mut self,
+        stream: &mut TcpStream,
+        uuid: &str,
+        vars: &[(&'static str, String)],
+        hangs_up: bool,
+    ) -> Result<(), EslSessionError> {
+        for (name, _) in vars {
             let reply = self
                 .expect_reply(stream, b"api uuid_setvar", "api uuid_setvar")
                 .await?;
@@ -288,7 +307,7 @@ impl Conn {
                 warn!(uuid, variable = name, reply = %text.trim_end(), "esl: uuid_setvar refused");
             }
         }
-        if hangup_cause.is_some() {
+        if hangs_up {
             self.expect_reply(stream, b"sendmsg hangup", "sendmsg hangup")
                 .await?;
             return Ok(());

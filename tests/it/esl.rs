@@ -453,3 +453,41 @@ fn without_full_control_the_variables_go_by_sendmsg() {
     );
     assert_eq!(call.commands[..2], ["connect", "myevents"], "{call:?}");
 }
+
+/// The caller hangs up while callguard's answer is on its way: FreeSWITCH sends its disconnect
+/// notice and closes instead of replying. That is the end of the call, not a session error.
+#[test]
+fn a_caller_gone_before_the_replies_is_not_an_error() {
+    let (_dir, server) = server_with_rules(&[], &[]);
+    let addr = server.esl.expect("esl listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut first_line = || {
+        let mut first = String::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("a command");
+            assert!(n > 0, "callguard closed early");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                return first;
+            }
+            if first.is_empty() {
+                first = line.to_owned();
+            }
+        }
+    };
+    assert_eq!(first_line(), "connect");
+    s.write_all(&connect_reply("84957654321", &[]))
+        .expect("channel data");
+    assert!(first_line().starts_with("api uuid_setvar "));
+    s.write_all(&fixture("freeswitch/outbound/call2_after_exit.raw"))
+        .expect("disconnect notice");
+    drop(s);
+    drop(reader);
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = server.drain_logs().join("\n");
+    assert!(!logs.contains("ended early"), "{logs}");
+}
