@@ -276,9 +276,10 @@ impl Conn {
                 codec::encode_exit(&mut out);
             }
         }
-        stream.write_all(&out).await?;
-        // callguard_verdict is written.
+        // Recorded before the write: this one write is the whole answer, and FreeSWITCH may
+        // finish the call (and a scrape see the histogram) before this task runs again.
         crate::metrics::record_verdict_time("esl", received.elapsed());
+        stream.write_all(&out).await?;
         match self
             .read_answers(stream, uuid, &vars, hangup_cause.is_some())
             .await
