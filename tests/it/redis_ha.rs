@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::support::redis_ha::{
     Cluster, MASTER_NAME, SentinelSetup, TlsFiles, cli_env, cli_env_ok, field, start_tls,
 };
-use crate::support::{Redis, Server, agi_call, cli, cli_ok, http_get, within};
+use crate::support::{Redis, Server, agi_call, agi_verdict_within, cli, cli_ok, http_get, within};
 
 /// An ACL user with a password, and `requirepass` for the default user: the URL's
 /// credentials work for the CLI and the server, a wrong password is a clear error (no panic),
@@ -43,10 +43,7 @@ fn acl_user_and_wrong_password() {
     assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
     cli_ok(&url, &["block", "+7 812 333-22-11"]);
     assert!(
-        within(Duration::from_secs(5), || {
-            agi_call(server.agi, "78123332211").verdict() == "block"
-        })
-        .is_some(),
+        agi_verdict_within(server.agi, "78123332211", "block", Duration::from_secs(5)),
         "a CLI edit did not reach the server"
     );
     let metrics = server.metrics.expect("metrics listener");
@@ -83,10 +80,7 @@ fn acl_user_and_wrong_password() {
         "+OK"
     );
     assert!(
-        within(Duration::from_secs(3), || {
-            agi_call(limited.agi, "73831112233").verdict() == "block"
-        })
-        .is_some(),
+        agi_verdict_within(limited.agi, "73831112233", "block", Duration::from_secs(3)),
         "a hand edit did not reach a server without CONFIG rights"
     );
     assert!(
@@ -169,10 +163,7 @@ fn tls_with_a_private_ca_and_client_certificate() {
     assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
     cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
     assert!(
-        within(Duration::from_secs(5), || {
-            agi_call(server.agi, "78123332211").verdict() == "block"
-        })
-        .is_some(),
+        agi_verdict_within(server.agi, "78123332211", "block", Duration::from_secs(5)),
         "a CLI edit over TLS did not reach the server"
     );
     assert_eq!(
@@ -180,10 +171,7 @@ fn tls_with_a_private_ca_and_client_certificate() {
         "OK"
     );
     assert!(
-        within(Duration::from_secs(5), || {
-            agi_call(server.agi, "+73831112233").verdict() == "block"
-        })
-        .is_some(),
+        agi_verdict_within(server.agi, "+73831112233", "block", Duration::from_secs(5)),
         "a redis-cli edit over TLS did not reach the server"
     );
     assert_eq!(agi_call(server.agi, "+73830000000").verdict(), "allow");
@@ -228,10 +216,7 @@ fn sentinel_finds_the_master_and_follows_a_failover() {
     cli_ok(&url, &["block", "+7 383 111-22-33"]);
     for caller in ["78123332211", "73831112233", "84951234567"] {
         assert!(
-            within(Duration::from_secs(10), || {
-                agi_call(server.agi, caller).verdict() == "block"
-            })
-            .is_some(),
+            agi_verdict_within(server.agi, caller, "block", Duration::from_secs(10)),
             "{caller} not blocked after the failover: {:#?}",
             server.drain_logs()
         );
@@ -279,20 +264,14 @@ fn cluster_loads_every_master_and_follows_edits_on_each() {
     }
     for (_, caller) in spellings {
         assert!(
-            within(Duration::from_secs(5), || {
-                agi_call(server.agi, caller).verdict() == "block"
-            })
-            .is_some(),
+            agi_verdict_within(server.agi, caller, "block", Duration::from_secs(5)),
             "{caller}: redis-cli -c edit not seen: {:#?}",
             server.drain_logs()
         );
     }
     cli_ok(&url, &["block", "+7 383 000-00-07"]);
     assert!(
-        within(Duration::from_secs(5), || {
-            agi_call(server.agi, "73830000007").verdict() == "block"
-        })
-        .is_some(),
+        agi_verdict_within(server.agi, "73830000007", "block", Duration::from_secs(5)),
         "a CLI edit on the cluster not seen"
     );
     // unblock finds the hand-typed spellings wherever they live.
@@ -308,10 +287,7 @@ fn cluster_loads_every_master_and_follows_edits_on_each() {
         numbers[0].as_str(),
     ] {
         assert!(
-            within(Duration::from_secs(5), || {
-                agi_call(server.agi, caller).verdict() == "allow"
-            })
-            .is_some(),
+            agi_verdict_within(server.agi, caller, "allow", Duration::from_secs(5)),
             "{caller} still blocked"
         );
     }
@@ -464,10 +440,7 @@ impl CrashDrill {
         self.acknowledged.push("+73835550001".to_owned());
         for n in &self.acknowledged {
             assert!(
-                within(Duration::from_secs(15), || agi_call(self.server.agi, n)
-                    .verdict()
-                    == "block")
-                .is_some(),
+                agi_verdict_within(self.server.agi, n, "block", Duration::from_secs(15)),
                 "{n} is not blocked after the failover ({switched:?} after the crash): {:#?}",
                 self.server.drain_logs()
             );
@@ -573,10 +546,7 @@ fn sentinel_with_passwords_on_nodes_and_sentinels() {
     assert_eq!(agi_call(server.agi, "84951234567").verdict(), "block");
     cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
     assert!(
-        within(Duration::from_secs(5), || {
-            agi_call(server.agi, "78123332211").verdict() == "block"
-        })
-        .is_some(),
+        agi_verdict_within(server.agi, "78123332211", "block", Duration::from_secs(5)),
         "a CLI edit did not reach the server"
     );
     let logs = server.drain_logs().join("\n");
@@ -615,10 +585,7 @@ fn sentinel_and_cluster_over_tls() {
         );
         cli_env_ok(&url, &env, &["block", "+7 812 333-22-11"]);
         assert!(
-            within(Duration::from_secs(5), || {
-                agi_call(server.agi, "78123332211").verdict() == "block"
-            })
-            .is_some(),
+            agi_verdict_within(server.agi, "78123332211", "block", Duration::from_secs(5)),
             "{url}: a CLI edit did not reach the server: {:#?}",
             server.drain_logs()
         );

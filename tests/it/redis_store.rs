@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Redis, Server, agi_call, cli, cli_ok, within};
+use crate::support::{Redis, Server, agi_call, agi_verdict_within, cli, cli_ok, within};
 
 #[test]
 fn cli_block_and_redis_cli_edit_in_a_third_format() {
@@ -40,15 +40,12 @@ fn cli_block_and_redis_cli_edit_in_a_third_format() {
             .cmd(&["DEL", "callguard:block:8 (812) 333-22-11"])
             .ends_with('1')
     );
-    assert!(
-        within(Duration::from_secs(5), || agi_call(
-            server.agi,
-            "+78123332211"
-        )
-        .verdict()
-            == "allow")
-        .is_some()
-    );
+    assert!(agi_verdict_within(
+        server.agi,
+        "+78123332211",
+        "allow",
+        Duration::from_secs(5)
+    ));
     assert_eq!(
         redis.cmd(&["SET", "callguard:block:7-495-123-45-67", "dup"]),
         "+OK"
@@ -67,15 +64,12 @@ fn cli_block_and_redis_cli_edit_in_a_third_format() {
     );
     assert_eq!(redis.cmd(&["DBSIZE"]), ":1");
     assert_eq!(redis.cmd(&["TYPE", "callguard:calls"]), "+stream");
-    assert!(
-        within(Duration::from_secs(5), || agi_call(
-            server.agi,
-            "84951234567"
-        )
-        .verdict()
-            == "allow")
-        .is_some()
-    );
+    assert!(agi_verdict_within(
+        server.agi,
+        "84951234567",
+        "allow",
+        Duration::from_secs(5)
+    ));
 }
 
 #[test]
@@ -104,23 +98,14 @@ fn ttl_expiry_and_allow_override() {
     let url = redis.url();
     let server = Server::start(&url, &[]);
     cli_ok(&url, &["block", "84951234567", "--ttl", "1s"]);
+    assert!(agi_verdict_within(
+        server.agi,
+        "84951234567",
+        "block",
+        Duration::from_secs(5)
+    ));
     assert!(
-        within(Duration::from_secs(5), || agi_call(
-            server.agi,
-            "84951234567"
-        )
-        .verdict()
-            == "block")
-        .is_some()
-    );
-    assert!(
-        within(Duration::from_secs(3), || agi_call(
-            server.agi,
-            "84951234567"
-        )
-        .verdict()
-            == "allow")
-        .is_some(),
+        agi_verdict_within(server.agi, "84951234567", "allow", Duration::from_secs(3)),
         "entry did not expire"
     );
     cli_ok(&url, &["block", "84951234567"]);
@@ -128,15 +113,12 @@ fn ttl_expiry_and_allow_override() {
         redis.cmd(&["SET", "callguard:allow:+7 495 123-45-67", "vip"]),
         "+OK"
     );
-    assert!(
-        within(Duration::from_secs(5), || agi_call(
-            server.agi,
-            "84951234567"
-        )
-        .verdict()
-            == "allow")
-        .is_some()
-    );
+    assert!(agi_verdict_within(
+        server.agi,
+        "84951234567",
+        "allow",
+        Duration::from_secs(5)
+    ));
     let list = cli_ok(&url, &["list", "--json"]);
     assert!(
         list.contains("\"list\": \"allow\"") && list.contains("\"list\": \"block\""),
@@ -216,27 +198,21 @@ fn spellings_are_tracked_so_unblock_finds_them_without_scanning() {
         redis.cmd(&["EXISTS", "callguard:block:7-999-123-45-67"]),
         ":0"
     );
-    assert!(
-        within(Duration::from_secs(5), || agi_call(
-            server.agi,
-            "89991234567"
-        )
-        .verdict()
-            == "allow")
-        .is_some()
-    );
+    assert!(agi_verdict_within(
+        server.agi,
+        "89991234567",
+        "allow",
+        Duration::from_secs(5)
+    ));
 
     // A CLI edit while the server runs arrives as a patch: no resync, no reconnect.
     cli_ok(&url, &["block", "+79991112233"]);
-    assert!(
-        within(Duration::from_secs(5), || agi_call(
-            server.agi,
-            "89991112233"
-        )
-        .verdict()
-            == "block")
-        .is_some()
-    );
+    assert!(agi_verdict_within(
+        server.agi,
+        "89991112233",
+        "block",
+        Duration::from_secs(5)
+    ));
     let logs = server.drain_logs();
     assert!(
         !logs.iter().any(|l| l.contains("sync interrupted")),
@@ -324,15 +300,12 @@ fn a_restart_with_redis_down_decides_from_the_snapshot_file() {
     cli_ok(&url, &["block", "+7495123XXXX", "--reason", "exchange"]);
     {
         let server = Server::start(&url, &env);
-        assert!(
-            within(Duration::from_secs(5), || agi_call(
-                server.agi,
-                "89991234567"
-            )
-            .verdict()
-                == "block")
-            .is_some()
-        );
+        assert!(agi_verdict_within(
+            server.agi,
+            "89991234567",
+            "block",
+            Duration::from_secs(5)
+        ));
         assert!(
             within(Duration::from_secs(5), || file.exists()).is_some(),
             "snapshot file not written"

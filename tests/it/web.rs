@@ -9,7 +9,9 @@ use serde_json::json;
 
 use crate::api::{post_rule, start, start_with_env, tokens};
 use crate::support::browser::Browser;
-use crate::support::{Redis, agi_call, agi_call_with, api, http_get, temp_store, within};
+use crate::support::{
+    Redis, agi_call, agi_call_with, agi_verdict_within, api, http_get, temp_store, within,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -27,8 +29,10 @@ fn table(browser: &Browser, id: &str) -> String {
 
 /// Waits until a FastAGI call from `caller` gets `verdict` (edits reach the snapshot by sync).
 fn wait_call_verdict(agi: std::net::SocketAddr, caller: &str, verdict: &str) {
-    let took = within(WAIT, || agi_call(agi, caller).verdict() == verdict);
-    assert!(took.is_some(), "a call from {caller} never got {verdict}");
+    assert!(
+        agi_verdict_within(agi, caller, verdict, WAIT),
+        "a call from {caller} never got {verdict}"
+    );
 }
 
 #[test]

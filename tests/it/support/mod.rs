@@ -387,6 +387,12 @@ pub fn agi_call(addr: SocketAddr, caller_id: &str) -> AgiOutcome {
     agi_call_with(addr, &[("agi_callerid", caller_id)])
 }
 
+/// Places FastAGI calls from `caller` until one gets `verdict` (an edit reaches a server through
+/// its sync, not at once), for at most `limit`; whether one did.
+pub fn agi_verdict_within(agi: SocketAddr, caller: &str, verdict: &str, limit: Duration) -> bool {
+    within(limit, || agi_call(agi, caller).verdict() == verdict).is_some()
+}
+
 /// [`agi_call`] with some environment variables replaced or added (`agi_request`,
 /// `agi_dnid`, `agi_arg_1`...).
 pub fn agi_call_with(addr: SocketAddr, vars: &[(&str, &str)]) -> AgiOutcome {
