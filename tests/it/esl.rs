@@ -105,6 +105,33 @@ fn event_with(fixture_name: &str, replace: &[(&str, &str)]) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The next command callguard sent: its lines up to the blank line; `None` once it closed.
+fn read_command(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<String>>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let line = line.trim_end_matches('\n');
+        if line.is_empty() {
+            return Ok(Some(lines));
+        }
+        lines.push(line.to_owned());
+    }
+}
+
+/// The first line of the next command, for a peer that only watches what callguard sends
+/// (without replying); panics when nothing more comes or callguard closed.
+fn next_command(reader: &mut impl BufRead) -> String {
+    read_command(reader)
+        .expect("a command, without any reply sent")
+        .expect("callguard closed early")
+        .into_iter()
+        .next()
+        .unwrap_or_default()
+}
+
 /// Plays FreeSWITCH's `socket` app for one call against callguard's ESL listener.
 pub fn esl_call(addr: SocketAddr, caller_id: &str, extra: &[(&str, &str)]) -> EslOutcome {
     let mut s = TcpStream::connect(addr).expect("connect to callguard esl");
@@ -113,21 +140,11 @@ pub fn esl_call(addr: SocketAddr, caller_id: &str, extra: &[(&str, &str)]) -> Es
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
     let mut outcome = EslOutcome::default();
     loop {
-        // One command: lines up to the empty line.
-        let mut lines = Vec::new();
-        loop {
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) => return outcome,
-                Ok(_) => {}
-                Err(e) => panic!("callguard did not finish the session: {e}"),
-            }
-            let line = line.trim_end_matches('\n').to_owned();
-            if line.is_empty() {
-                break;
-            }
-            lines.push(line);
-        }
+        let lines = match read_command(&mut reader) {
+            Ok(Some(lines)) => lines,
+            Ok(None) => return outcome,
+            Err(e) => panic!("callguard did not finish the session: {e}"),
+        };
         let Some(first) = lines.first().cloned() else {
             continue;
         };
@@ -405,36 +422,19 @@ fn an_allowed_call_is_answered_in_one_flight_without_events() {
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    let mut read_message = || {
-        let mut first = String::new();
-        loop {
-            let mut line = String::new();
-            let n = reader
-                .read_line(&mut line)
-                .expect("a command, without any reply sent");
-            assert!(n > 0, "callguard closed early");
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() {
-                return first;
-            }
-            if first.is_empty() {
-                first = line.to_owned();
-            }
-        }
-    };
-    assert_eq!(read_message(), "connect");
+    assert_eq!(next_command(&mut reader), "connect");
     s.write_all(&connect_reply("84951234567", &[]))
         .expect("channel data");
     for name in ["verdict", "reason", "number"] {
-        let command = read_message();
+        let command = next_command(&mut reader);
         assert!(
             command.starts_with("api uuid_setvar ")
                 && command.contains(&format!(" callguard_{name}")),
             "{command}"
         );
     }
-    assert_eq!(read_message(), "resume");
-    assert_eq!(read_message(), "exit");
+    assert_eq!(next_command(&mut reader), "resume");
+    assert_eq!(next_command(&mut reader), "exit");
 }
 
 /// A `socket` app without `full` may not send `api` (FreeSWITCH answers `-ERR command not
@@ -464,25 +464,10 @@ fn a_caller_gone_before_the_replies_is_not_an_error() {
     s.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    let mut first_line = || {
-        let mut first = String::new();
-        loop {
-            let mut line = String::new();
-            let n = reader.read_line(&mut line).expect("a command");
-            assert!(n > 0, "callguard closed early");
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() {
-                return first;
-            }
-            if first.is_empty() {
-                first = line.to_owned();
-            }
-        }
-    };
-    assert_eq!(first_line(), "connect");
+    assert_eq!(next_command(&mut reader), "connect");
     s.write_all(&connect_reply("84957654321", &[]))
         .expect("channel data");
-    assert!(first_line().starts_with("api uuid_setvar "));
+    assert!(next_command(&mut reader).starts_with("api uuid_setvar "));
     s.write_all(&fixture("freeswitch/outbound/call2_after_exit.raw"))
         .expect("disconnect notice");
     drop(s);
