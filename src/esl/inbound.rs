@@ -224,10 +224,11 @@ impl Client {
     fn action_commands(&self, decision: &Decision, uuid: &str, destination: &str) -> Vec<String> {
         let act = decision.verdict == Verdict::Block && self.settings.act_on_block;
         let kill = |cause: &str| vec![format!("uuid_kill {uuid} {cause}")];
-        match decision.action.as_ref().filter(|_| act) {
-            Some(RuleAction::Hangup { cause }) => kill(codec::hangup_cause_name(*cause)),
-            Some(RuleAction::Busy) => kill("USER_BUSY"),
-            Some(RuleAction::Congestion) => kill("NORMAL_CIRCUIT_CONGESTION"),
+        let action = decision.action.as_ref().filter(|_| act);
+        if let Some(cause) = action.and_then(super::hangup_cause) {
+            return kill(cause);
+        }
+        match action {
             Some(RuleAction::Playback { sound }) => vec![format!(
                 "uuid_transfer {uuid} playback:{sound},hangup:{} inline",
                 codec::hangup_cause_name(CAUSE_NORMAL_CLEARING)
@@ -235,7 +236,14 @@ impl Client {
             Some(RuleAction::Redirect { context, exten, .. }) => {
                 vec![format!("uuid_transfer {uuid} {exten} XML {context}")]
             }
-            Some(RuleAction::Tag) | None => {
+            // Tagged and allowed calls (the hang-up actions returned above).
+            Some(
+                RuleAction::Tag
+                | RuleAction::Hangup { .. }
+                | RuleAction::Busy
+                | RuleAction::Congestion,
+            )
+            | None => {
                 let context = dialplan_word(&self.settings.continue_context);
                 if context.is_empty() || destination.is_empty() {
                     Vec::new()

@@ -188,12 +188,10 @@ impl Conn {
         if self.hung_up {
             return Ok(());
         }
+        if let Some(cause) = action.and_then(super::hangup_cause) {
+            return self.hangup(stream, cause).await;
+        }
         match action {
-            Some(RuleAction::Hangup { cause }) => {
-                self.hangup(stream, codec::hangup_cause_name(*cause)).await
-            }
-            Some(RuleAction::Busy) => self.hangup(stream, "USER_BUSY").await,
-            Some(RuleAction::Congestion) => self.hangup(stream, "NORMAL_CIRCUIT_CONGESTION").await,
             Some(RuleAction::Playback { sound }) => {
                 let timeout = self.settings.playback_timeout;
                 self.execute(stream, "playback", sound, timeout, events_on)
@@ -213,7 +211,14 @@ impl Conn {
                     .await?;
                 self.exit(stream).await
             }
-            Some(RuleAction::Tag) | None => {
+            // Tagged and allowed calls (the hang-up actions returned above).
+            Some(
+                RuleAction::Tag
+                | RuleAction::Hangup { .. }
+                | RuleAction::Busy
+                | RuleAction::Congestion,
+            )
+            | None => {
                 // `resume` and `exit` in one write, as `myevents` and the sets above.
                 out.clear();
                 codec::encode_resume(&mut out);
@@ -263,12 +268,7 @@ impl Conn {
         for (name, value) in &vars {
             codec::encode_api(&mut out, &super::inbound::setvar_command(uuid, name, value));
         }
-        let hangup_cause = match action {
-            Some(RuleAction::Hangup { cause }) => Some(codec::hangup_cause_name(*cause)),
-            Some(RuleAction::Busy) => Some("USER_BUSY"),
-            Some(RuleAction::Congestion) => Some("NORMAL_CIRCUIT_CONGESTION"),
-            _ => None,
-        };
+        let hangup_cause = action.and_then(super::hangup_cause);
         match hangup_cause {
             Some(cause) => codec::encode_sendmsg_hangup(&mut out, None, cause),
             None => {
