@@ -257,14 +257,17 @@ fn list_rules(state: &ApiState, head: &Head, caller: &Caller) -> Result<Response
     let needle = query.map(str::to_lowercase);
     let snapshot = state.snapshot.load();
     let now = SystemTime::now();
+    // The query's canonical text, once, not once per rule walked.
+    let number_text = number.as_ref().map(|n| n.to_string().to_lowercase());
     let hit = |e: &Entry| {
-        let (Some(needle), Some(number)) = (&needle, &number) else {
+        let (Some(needle), Some(number), Some(number_text)) = (&needle, &number, &number_text)
+        else {
             return true;
         };
         let text = e.pattern.to_string().to_lowercase();
         text.contains(needle.as_str())
             || e.reason.to_lowercase().contains(needle.as_str())
-            || text.contains(&number.to_string().to_lowercase())
+            || text.contains(number_text.as_str())
             || (matches!(number, CallerNumber::E164(_)) && e.pattern.matches(number))
     };
     // One unsorted pass that keeps the first `limit` matches and counts the rest; only the
