@@ -11,12 +11,9 @@
 set -euo pipefail
 NUMBERS=${NUMBERS:-1000000}
 cd "$(dirname "$0")/../.."
-if [ -n "${BIN:-}" ]; then
-    bin=$BIN
-else
-    cargo build --release --locked --quiet
-    bin=$PWD/target/release/callguard
-fi
+# shellcheck source=tests/bench/common.sh
+. tests/bench/common.sh
+bin=$(callguard_bin)
 tmp=$(mktemp -d)
 pid=""
 cleanup() {
@@ -27,15 +24,10 @@ cleanup() {
 trap cleanup EXIT
 
 : >"$tmp/empty.toml"
-python3 -c "
-import sys
-with open(sys.argv[1], 'w') as f:
-    for i in range(int(sys.argv[2])):
-        f.write('+7%d\n' % (9160000000 + i))
-" "$tmp/numbers.txt" "$NUMBERS"
+write_numbers "$tmp/numbers.txt" "$NUMBERS"
 CALLGUARD_CONFIG=$tmp/empty.toml "$bin" --store "$tmp/lists.toml" import "$tmp/numbers.txt" | tail -1
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 CALLGUARD_CONFIG=$tmp/empty.toml "$bin" api-token --global --name bench >"$tmp/token.txt"
 token=$(sed -n 's/^token: //p' "$tmp/token.txt")
 {

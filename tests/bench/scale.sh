@@ -6,16 +6,17 @@
 #   - restart with `redis.snapshot_file`: time until it decides from the file.
 # Not part of CI (minutes, ~3 GB for Redis at 10M). Usage:
 #   N=10000000 MASKS=100000 bash tests/bench/scale.sh
+#   N=1000000 MASKS=0 BIN=/tmp/callguard-old bash tests/bench/scale.sh   # smaller, another build
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-10000000}
 MASKS=${MASKS:-100000}
 EDITS=${EDITS:-200}
 
-cargo build --release --locked --quiet
-BIN=$PWD/target/release/callguard
+# shellcheck source=tests/bench/common.sh
+. tests/bench/common.sh
+BIN=$(callguard_bin)
 WORK=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 RPORT=$(free_port)
 cleanup() {
   [[ -n ${SERVE_PID:-} ]] && kill "$SERVE_PID" 2>/dev/null || true
@@ -27,6 +28,7 @@ trap cleanup EXIT
 redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly no \
   --daemonize yes --logfile "$WORK/redis.log"
 until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
+REDIS_PID=$(redis-cli -p "$RPORT" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
 
 echo "== filling redis with $N numbers + $MASKS masks"
 t=$(date +%s.%N)
@@ -34,6 +36,8 @@ python3 tests/bench/fill_redis.py "$N" "$MASKS" | redis-cli -p "$RPORT" --pipe |
 echo "fill took $(echo "$(date +%s.%N) - $t" | bc) s; redis used_memory_human: $(redis-cli -p "$RPORT" info memory | grep -m1 used_memory_human | cut -d: -f2 | tr -d '\r')"
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+# CPU seconds (user + system) process $1 has used so far.
+cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
 ready() { python3 - "$1" <<'PY'
 import sys, urllib.request
 try:
@@ -62,6 +66,7 @@ echo "rss empty: $RSS_EMPTY kB"
 kill "$SERVE_PID"; wait "$SERVE_PID" 2>/dev/null || true
 
 echo "== full list (db 0): cold start"
+REDIS_CPU0=$(cpu_s "$REDIS_PID")
 t0=$(date +%s.%N)
 start_serve 0
 # Calls during the load are answered from the empty snapshot (allow); count them.
@@ -72,6 +77,8 @@ LOADGEN_PID=$!
 until ready "$METRICS"; do sleep 0.05; done
 COLD=$(echo "$(date +%s.%N) - $t0" | bc)
 echo "cold start (serve start to snapshot ready): $COLD s"
+# Which side bounds the load: callguard decoding and building, or redis-server answering.
+echo "CPU meanwhile: callguard $(cpu_s "$SERVE_PID") s, redis-server $(echo "$(cpu_s "$REDIS_PID") - $REDIS_CPU0" | bc) s"
 wait "$LOADGEN_PID" || true
 echo "calls placed while loading (answered from the empty snapshot):"
 sed 's/^/  /' "$WORK/during-load.txt"

@@ -20,14 +20,9 @@ RATE_CALLS=${RATE_CALLS:-25000}
 BLOCKED=${BLOCKED:-1000}
 
 cd "$(dirname "$0")/../.."
-# BIN=/path/to/callguard measures that binary (e.g. an older build, to compare two builds run
-# by run); otherwise the release build of this tree.
-if [ -n "${BIN:-}" ]; then
-    bin=$BIN
-else
-    cargo build --release --locked --quiet
-    bin=$PWD/target/release/callguard
-fi
+# shellcheck source=tests/bench/common.sh
+. tests/bench/common.sh
+bin=$(callguard_bin)
 
 tmp=$(mktemp -d)
 pids=()

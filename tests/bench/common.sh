@@ -1,0 +1,29 @@
+# shellcheck shell=bash
+# Sourced by the bench scripts (run from the repository root): the binary to measure, a free
+# loopback port, a file of generated numbers.
+
+# Prints the binary to measure: BIN=/path/to/callguard measures that one (e.g. an older build,
+# to compare two builds run by run); otherwise the release build of this tree, built first.
+callguard_bin() {
+    if [ -n "${BIN:-}" ]; then
+        echo "$BIN"
+    else
+        cargo build --release --locked --quiet >&2
+        echo "$PWD/target/release/callguard"
+    fi
+}
+
+# A TCP port free on 127.0.0.1 now.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# write_numbers FILE N: N distinct Russian mobile numbers, one per line, +79160000000 upwards.
+write_numbers() {
+    python3 -c "
+import sys
+with open(sys.argv[1], 'w') as f:
+    for i in range(int(sys.argv[2])):
+        f.write('+7%d\n' % (9160000000 + i))
+" "$1" "$2"
+}
