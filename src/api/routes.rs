@@ -401,8 +401,8 @@ const IN_FORCE_WAIT: Duration = Duration::from_secs(2);
 
 /// Waits (briefly) until the running snapshot has (`present`) or no longer has the rule, so a
 /// CRM's "block this caller" returns once calls are decided by it and the page lists what it
-/// just saved. The store sync does the work; this only watches. False when it took longer
-/// (the edit is stored and arrives with the sync).
+/// just saved. The store sync does the work; this only watches its publishes. False when it
+/// took longer (the edit is stored and arrives with the sync).
 async fn in_force(
     state: &ApiState,
     list: ListKind,
@@ -410,16 +410,12 @@ async fn in_force(
     pattern: &RulePattern,
     present: bool,
 ) -> bool {
-    let deadline = tokio::time::Instant::now() + IN_FORCE_WAIT;
-    loop {
-        if state.snapshot.load().has_rule_on(list, tenant, pattern) == present {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    state
+        .snapshot
+        .wait_until(IN_FORCE_WAIT, |s| {
+            s.has_rule_on(list, tenant, pattern) == present
+        })
+        .await
 }
 
 async fn write(store: &Store, entries: &[Entry]) -> Result<(), Refusal> {
