@@ -821,3 +821,47 @@ fn calls_on_redis_are_the_newest_matching_records() {
     let r = api(addr, "GET", "/api/calls?limit=3", Some(&tokens.acme), None);
     assert_eq!(raws(&r.json()), ["2470", "2480", "2490"]);
 }
+
+/// Redis down: reads the running snapshot serves keep working, edits and call-log reads say
+/// 503 with the store's error, and nothing hangs.
+#[test]
+fn with_redis_down_edits_and_call_log_reads_are_503_and_listing_still_works() {
+    let mut redis = Redis::start();
+    let tokens = tokens();
+    let (_server, addr, _cfg) = start(&redis.url(), &tokens, "");
+    let t = tokens.global.as_str();
+    let added = post_rule(addr, t, r#"{"rule":"+74951234567","reason":"before"}"#);
+    assert_eq!(added["in_force"], true, "{added}");
+    redis.kill();
+
+    let started = std::time::Instant::now();
+    let calls = api(addr, "GET", "/api/calls?since=1h", Some(t), None);
+    assert_eq!(calls.status, 503, "{}", calls.body);
+    assert!(
+        calls.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("store: ")),
+        "{}",
+        calls.body
+    );
+    let post = api(
+        addr,
+        "POST",
+        "/api/rules",
+        Some(t),
+        Some(r#"{"rule":"+74951234568"}"#),
+    );
+    assert_eq!(post.status, 503, "{}", post.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let listed = api(addr, "GET", "/api/rules", Some(t), None);
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.json()["rules"][0]["rule"], "+74951234567");
+    assert_eq!(
+        api(addr, "GET", "/api/check?number=84951234567", Some(t), None).json()["verdict"],
+        "block"
+    );
+}

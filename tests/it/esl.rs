@@ -476,3 +476,45 @@ fn a_caller_gone_before_the_replies_is_not_an_error() {
     let logs = server.drain_logs().join("\n");
     assert!(!logs.contains("ended early"), "{logs}");
 }
+
+/// FreeSWITCH refuses a `uuid_setvar` (`-ERR No such channel!`, e.g. a UUID it no longer
+/// knows): callguard logs it and still finishes the call with `resume` and `exit`.
+#[test]
+fn a_refused_uuid_setvar_is_logged_and_the_call_still_resumes() {
+    let (_dir, server) = server_with_rules(&[], &[]);
+    let addr = server.esl.expect("esl listener");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(next_command(&mut reader), "connect");
+    s.write_all(&connect_reply("84957654321", &[]))
+        .expect("channel data");
+    let refusal = "-ERR No such channel!\n";
+    for _ in 0..3 {
+        assert!(next_command(&mut reader).starts_with("api uuid_setvar "));
+        let reply = format!(
+            "Content-Type: api/response\nContent-Length: {}\n\n{refusal}",
+            refusal.len()
+        );
+        s.write_all(reply.as_bytes()).expect("api reply");
+    }
+    assert_eq!(next_command(&mut reader), "resume");
+    s.write_all(&fixture("freeswitch/outbound/call2_resume_reply.raw"))
+        .expect("resume reply");
+    assert_eq!(next_command(&mut reader), "exit");
+    let mut bye = fixture("freeswitch/outbound/call2_exit_reply.raw");
+    bye.extend(fixture("freeswitch/outbound/call2_after_exit.raw"));
+    s.write_all(&bye).expect("exit reply");
+    drop(s);
+    drop(reader);
+    assert!(
+        server
+            .wait_log("uuid_setvar refused", Duration::from_secs(3))
+            .is_some(),
+        "the refusal was not logged"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = server.drain_logs().join("\n");
+    assert!(!logs.contains("ended early"), "{logs}");
+}
