@@ -14,7 +14,8 @@ use crate::config::{Config, ConfigError, Overrides};
 use crate::engine;
 use crate::rules::{self, CallFacts, Entry, ListKind, RulePattern, Snapshot, Tenant};
 use crate::store::{
-    EntryJson, EntryMeta, Store, StoreError, current_actor, format_time, new_entry, parse_time,
+    EntryJson, EntryMeta, Layout, Store, StoreError, current_actor, format_time, new_entry,
+    parse_time,
 };
 
 /// callguard: call screening for Asterisk and FreeSWITCH.
@@ -137,7 +138,27 @@ pub struct ImportArgs {
     /// Check the file and report, without writing anything.
     #[arg(long)]
     pub dry_run: bool,
+    /// Redis only: `keys` (one key per rule, editable with `redis-cli SET`/`DEL`), `bulk`
+    /// (many rules per hash: big lists load ~10x faster and take a seventh of Redis's memory)
+    /// or `auto` (bulk from 10,000 rules).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub layout: LayoutArg,
 }
+
+/// `import --layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayoutArg {
+    /// Bulk from [`BULK_IMPORT_MIN`] rules, keys below.
+    Auto,
+    /// One key per rule.
+    Keys,
+    /// Many rules per hash.
+    Bulk,
+}
+
+/// `import --layout auto` writes files of at least this many rules in the bulk layout: lists
+/// that size are not edited number by number with `redis-cli`.
+pub const BULK_IMPORT_MIN: usize = 10_000;
 
 /// `export` arguments.
 #[derive(Debug, Args)]
@@ -598,7 +619,13 @@ async fn import(
         return Ok(ExitCode::SUCCESS);
     }
     let entries: Vec<Entry> = read.entries.into_iter().map(|(_, e)| e).collect();
-    open_store(config).await?.put_all(&entries).await?;
+    let layout = match args.layout {
+        LayoutArg::Keys => Layout::Keys,
+        LayoutArg::Bulk => Layout::Bulk,
+        LayoutArg::Auto if entries.len() >= BULK_IMPORT_MIN => Layout::Bulk,
+        LayoutArg::Auto => Layout::Keys,
+    };
+    open_store(config).await?.put_all(&entries, layout).await?;
     let mut by_list = [0usize; 2];
     for e in &entries {
         by_list[e.list as usize] += 1;

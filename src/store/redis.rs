@@ -8,11 +8,15 @@
 //! - `callguard:alias:block:+7...` (a set): the other spellings of that canonical rule key
 //!   that exist, recorded by the servers' sync, so `put`/`remove` find hand-typed spellings
 //!   without walking a 10-million-key keyspace.
-//! - channel `callguard:changes`: callguard publishes each key it writes, so running servers
-//!   see CLI edits at once even when keyspace notifications are off.
+//! - `callguard:bulk:block:<bucket>` (hashes) and `callguard:bulk-meta`: big imported lists,
+//!   many rules per hash (see [`super::bulk`]).
+//! - channel `callguard:changes`: callguard publishes each key it writes (for an import in the
+//!   bulk layout, each bucket), so running servers see CLI edits at once even when keyspace
+//!   notifications are off.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use redis::{Cmd, Value};
@@ -21,6 +25,7 @@ use tokio::time::timeout;
 use futures_util::StreamExt;
 use tracing::warn;
 
+use super::bulk;
 use super::redis_conn::{Batch, Conn, RedisConn, Subscription};
 use super::{EntryMeta, StoreError, entry_from_parts};
 use crate::config::RedisSettings;
@@ -31,8 +36,18 @@ use crate::rules::{Entry, ListKind, RuleKey, RulePattern, Tenant};
 const BATCH: usize = 1000;
 /// Keys per SCAN step and pipelined fetch when loading everything: big steps, few round trips.
 const LOAD_BATCH: usize = 5000;
-/// Keys from one SCAN step with their `fetch_raw` replies.
-type ScanBatch = (Vec<String>, Vec<redis::RedisResult<Value>>);
+/// Buckets of the bulk layout read per pipelined round trip while loading (~80 rules each).
+const BUCKET_BATCH: usize = 250;
+
+/// What one step of a load fetched: rule keys with their `fetch_raw` replies, or buckets of
+/// the bulk layout with their `HGETALL` replies.
+enum ScanBatch {
+    Keys(Vec<String>, Vec<redis::RedisResult<Value>>),
+    Buckets(Vec<(String, Value)>),
+}
+
+/// Metadata of the bulk layout by id. Ids are content hashes, so what was read once stays true.
+type Metas = Arc<Mutex<HashMap<String, Arc<[u8]>>>>;
 
 /// Handle to a Redis store; cheap to clone (one multiplexed, self-reconnecting connection to
 /// the server, the Sentinel master or the Cluster).
@@ -46,6 +61,7 @@ pub struct RedisStore {
     // server has recorded yet; above it they trust the alias sets the servers keep.
     spelling_scan_max_keys: u64,
     topology_check_interval: std::time::Duration,
+    metas: Metas,
 }
 
 impl RedisStore {
@@ -63,6 +79,7 @@ impl RedisStore {
             op_timeout: settings.op_timeout(),
             spelling_scan_max_keys: settings.spelling_scan_max_keys,
             topology_check_interval: settings.topology_check_interval(),
+            metas: Metas::default(),
         })
     }
 
@@ -130,34 +147,67 @@ impl RedisStore {
 
     /// Key for `rule_text` on `tenant`'s (or the global) `list`.
     pub fn key(&self, tenant: Option<&Tenant>, list: ListKind, rule_text: &str) -> String {
+        let mut key = self.scope(tenant);
+        key.push_str(list.as_str());
+        key.push(':');
+        key.push_str(rule_text);
+        key
+    }
+
+    /// `<prefix>:` or `<prefix>:tenant:<t>:`, the start of every key of that scope.
+    fn scope(&self, tenant: Option<&Tenant>) -> String {
         match tenant {
-            None => format!("{}:{}:{}", self.prefix, list.as_str(), rule_text),
-            Some(t) => format!(
-                "{}:tenant:{}:{}:{}",
-                self.prefix,
-                t,
-                list.as_str(),
-                rule_text
-            ),
+            None => format!("{}:", self.prefix),
+            Some(t) => format!("{}:tenant:{t}:", self.prefix),
         }
     }
 
-    /// Splits a key into tenant, list and rule text; `None` for keys that are not rules
-    /// (other prefixes, bad tenant names).
-    pub fn parse_key<'k>(&self, key: &'k str) -> Option<(Option<Tenant>, ListKind, &'k str)> {
+    /// Splits off a key's scope: the tenant (or `None`, global) and the rest.
+    fn split_scope<'k>(&self, key: &'k str) -> Option<(Option<Tenant>, &'k str)> {
         let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix(':')?;
-        let (tenant, rest) = match rest.strip_prefix("tenant:") {
+        Some(match rest.strip_prefix("tenant:") {
             Some(scoped) => {
                 let (name, rest) = scoped.split_once(':')?;
                 (Some(Tenant::new(name).ok()?), rest)
             }
             None => (None, rest),
-        };
+        })
+    }
+
+    /// Splits a key into tenant, list and rule text; `None` for keys that are not rules
+    /// (other prefixes, bad tenant names).
+    pub fn parse_key<'k>(&self, key: &'k str) -> Option<(Option<Tenant>, ListKind, &'k str)> {
+        let (tenant, rest) = self.split_scope(key)?;
         ListKind::ALL.into_iter().find_map(|list| {
             rest.strip_prefix(list.as_str())?
                 .strip_prefix(':')
                 .map(|text| (tenant.clone(), list, text))
         })
+    }
+
+    /// The bulk-layout bucket (a hash) that holds `rule_text` of `tenant`'s `list`.
+    pub fn bulk_key(&self, tenant: Option<&Tenant>, list: ListKind, rule_text: &str) -> String {
+        let mut key = self.scope(tenant);
+        let _infallible = write!(
+            key,
+            "bulk:{}:{}",
+            list.as_str(),
+            bulk::bucket_name(bulk::bucket_of(rule_text))
+        );
+        key
+    }
+
+    /// Tenant and list of a bulk-layout bucket key; `None` for any other key.
+    pub fn parse_bulk_key(&self, key: &str) -> Option<(Option<Tenant>, ListKind)> {
+        let (tenant, rest) = self.split_scope(key)?;
+        let (list, bucket) = rest.strip_prefix("bulk:")?.split_once(':')?;
+        let list = ListKind::ALL.into_iter().find(|l| l.as_str() == list)?;
+        bulk::parse_bucket_name(bucket).map(|_| (tenant, list))
+    }
+
+    /// The hash of the bulk layout's shared metadata (id -> JSON).
+    pub fn bulk_meta_key(&self) -> String {
+        format!("{}:bulk-meta", self.prefix)
     }
 
     /// Channel on which callguard announces the keys it wrote.
@@ -240,7 +290,7 @@ impl RedisStore {
             .iter()
             .map(|e| self.key(e.tenant.as_ref(), e.list, &e.pattern.to_string()))
             .collect();
-        let stale = self.stale_spellings(&canonical).await?;
+        let stale = self.stale_spellings(&canonical, false).await?;
         let writes: Vec<(&Entry, &String, &[String])> = entries
             .iter()
             .zip(&canonical)
@@ -249,15 +299,7 @@ impl RedisStore {
         let mut batch = Batch::new();
         batch.atomic();
         self.queue_writes(&mut batch, &writes, now)?;
-        // A transaction of a hundred thousand writes takes Redis a while: its own connection,
-        // with a budget that grows with it (the shared one would time out and report a failure
-        // for a transaction Redis then applies).
-        let budget = self.op_timeout + Duration::from_millis(entries.len() as u64 / 10);
-        let mut conn = self.conn.long_conn(budget).await?;
-        match timeout(budget, batch.query::<()>(&mut conn)).await {
-            Ok(result) => result?,
-            Err(_elapsed) => return Err(StoreError::Timeout(budget)),
-        }
+        self.run_big(batch, entries.len()).await?;
         self.wait_for_replica().await;
         Ok(())
     }
@@ -298,12 +340,17 @@ impl RedisStore {
             }
         }
         batch.then();
-        for (_, canonical, stale) in writes {
+        for (entry, canonical, stale) in writes {
             for key in *stale {
                 batch.add_ignored(Cmd::del(key));
             }
-            // Every other spelling is gone now.
+            // Every other spelling is gone now, and so is the rule's place in a bulk import.
             batch.add_ignored(Cmd::del(self.alias_key(canonical.as_ref())));
+            let text = entry.pattern.to_string();
+            batch.add_ignored(Cmd::hdel(
+                self.bulk_key(entry.tenant.as_ref(), entry.list, &text),
+                text,
+            ));
         }
         // Announced once written (a cluster sends each stage in turn).
         batch.then();
@@ -315,10 +362,12 @@ impl RedisStore {
         Ok(())
     }
 
-    /// For each canonical key, the other keys of the same rule that exist now.
+    /// For each canonical key, the other keys of the same rule that exist now (with
+    /// `with_canonical`, the canonical key too when it exists).
     async fn stale_spellings(
         &self,
         canonical: &[String],
+        with_canonical: bool,
     ) -> Result<HashMap<String, Vec<String>>, StoreError> {
         let wanted: std::collections::HashSet<&str> =
             canonical.iter().map(String::as_str).collect();
@@ -328,6 +377,7 @@ impl RedisStore {
             .run(redis::cmd("DBSIZE").query_async(&mut conn))
             .await?;
         let mut candidates: Vec<String> = Vec::new();
+        let mut stale: HashMap<String, Vec<String>> = HashMap::new();
         if dbsize <= self.spelling_scan_max_keys {
             candidates = self
                 .scan(&format!("{}:*", glob_escape(&self.prefix)))
@@ -337,21 +387,126 @@ impl RedisStore {
                 let mut batch = Batch::new();
                 for key in chunk {
                     batch.add(Cmd::smembers(self.alias_key(key)));
+                    if with_canonical {
+                        batch.add(Cmd::exists(key));
+                    }
                 }
-                let members: Vec<Vec<String>> = self.run(batch.query(&mut conn)).await?;
-                candidates.extend(members.into_iter().flatten());
+                let mut replies = self
+                    .run(batch.query::<Vec<Value>>(&mut conn))
+                    .await?
+                    .into_iter();
+                for key in chunk {
+                    let members: Vec<String> = replies
+                        .next()
+                        .map(redis::from_redis_value)
+                        .transpose()
+                        .map_err(redis::RedisError::from)?
+                        .unwrap_or_default();
+                    candidates.extend(members);
+                    if with_canonical && replies.next() == Some(Value::Int(1)) {
+                        stale.entry(key.clone()).or_default().push(key.clone());
+                    }
+                }
             }
         }
-        let mut stale: HashMap<String, Vec<String>> = HashMap::new();
         for key in candidates {
             if let Some((_, rule_key)) = self.rule_of_key(&key)
-                && rule_key != key
+                && (rule_key != key || with_canonical)
                 && wanted.contains(rule_key.as_str())
             {
                 stale.entry(rule_key).or_default().push(key);
             }
         }
         Ok(stale)
+    }
+
+    /// [`RedisStore::put_all`] in the bulk layout (see [`super::bulk`]): rules without an
+    /// expiry go into the hashes of their buckets, with their metadata stored once, and every
+    /// key of their own (any spelling) is deleted; rules with an expiry are written as keys.
+    /// One transaction, announced bucket by bucket.
+    pub async fn put_all_bulk(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        let (keyed, bulked): (Vec<&Entry>, Vec<&Entry>) =
+            entries.iter().partition(|e| e.expires_at.is_some());
+        let key_of = |e: &Entry| self.key(e.tenant.as_ref(), e.list, &e.pattern.to_string());
+        let keyed_canonical: Vec<String> = keyed.iter().map(|e| key_of(e)).collect();
+        let bulk_canonical: Vec<String> = bulked.iter().map(|e| key_of(e)).collect();
+        let stale = self.stale_spellings(&keyed_canonical, false).await?;
+        let existing = self.stale_spellings(&bulk_canonical, true).await?;
+
+        let mut batch = Batch::new();
+        batch.atomic();
+        let writes: Vec<(&Entry, &String, &[String])> = keyed
+            .iter()
+            .zip(&keyed_canonical)
+            .map(|(e, key)| (*e, key, stale.get(key).map_or(&[][..], Vec::as_slice)))
+            .collect();
+        if !writes.is_empty() {
+            self.queue_writes(&mut batch, &writes, now)?;
+            batch.then();
+        }
+        // Metadata first (a cluster runs stage by stage), then the buckets.
+        let mut metas: HashMap<String, String> = HashMap::new();
+        let mut buckets: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for entry in &bulked {
+            let json = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
+                StoreError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "cannot encode entry",
+                    e.to_string(),
+                )))
+            })?;
+            let id = bulk::meta_id(&json);
+            let text = entry.pattern.to_string();
+            buckets
+                .entry(self.bulk_key(entry.tenant.as_ref(), entry.list, &text))
+                .or_default()
+                .push((text, bulk::meta_ref(&id)));
+            metas.insert(id, json);
+        }
+        if !metas.is_empty() {
+            let pairs: Vec<(&String, &String)> = metas.iter().collect();
+            batch.add_ignored(Cmd::hset_multiple(self.bulk_meta_key(), &pairs));
+            batch.then();
+        }
+        for (key, fields) in &buckets {
+            batch.add_ignored(Cmd::hset_multiple(key, fields));
+        }
+        // Then every key of their own those rules had (written before, or typed by hand).
+        batch.then();
+        for (canonical, keys) in &existing {
+            for key in keys {
+                batch.add_ignored(Cmd::del(key));
+            }
+            batch.add_ignored(Cmd::del(self.alias_key(canonical)));
+        }
+        batch.then();
+        for key in buckets.keys().chain(existing.values().flatten()) {
+            batch.add_ignored(Cmd::publish(self.changes_channel(), key));
+        }
+        self.run_big(batch, entries.len()).await?;
+        self.wait_for_replica().await;
+        for (id, json) in metas {
+            if let Ok(mut known) = self.metas.lock() {
+                known.insert(id, Arc::from(json.into_bytes()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a transaction of `entries` writes on its own connection, with a time budget that
+    /// grows with it: a hundred thousand writes take Redis a while, and the shared connection
+    /// would time out and report a failure for a transaction Redis then applies.
+    async fn run_big(&self, batch: Batch, entries: usize) -> Result<(), StoreError> {
+        let budget = self.op_timeout + Duration::from_millis(entries as u64 / 10);
+        let mut conn = self.conn.long_conn(budget).await?;
+        match timeout(budget, batch.query::<()>(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_elapsed) => Err(StoreError::Timeout(budget)),
+        }
     }
 
     /// Sentinel and Cluster: waits (up to a second) until a replica of each master has the
@@ -387,16 +542,18 @@ impl RedisStore {
             if !keys.contains(&canonical) {
                 keys.push(canonical.clone());
             }
+            let text = pattern.to_string();
             let mut batch = Batch::new();
             batch.add(Cmd::del(&keys));
+            batch.add(Cmd::hdel(self.bulk_key(tenant, list, &text), &text));
             batch.add_ignored(Cmd::del(self.alias_key(&canonical)));
             batch.then();
             for key in &keys {
                 batch.add_ignored(Cmd::publish(self.changes_channel(), key));
             }
             let mut conn = self.conn().await?;
-            let (deleted,): (usize,) = self.run(batch.query(&mut conn)).await?;
-            if deleted > 0 {
+            let (deleted, from_bulk): (usize, usize) = self.run(batch.query(&mut conn)).await?;
+            if deleted + from_bulk > 0 {
                 removed += 1;
             }
         }
@@ -475,6 +632,42 @@ impl RedisStore {
         Some(((tenant, list, pattern), canonical))
     }
 
+    /// [`RedisStore::fetch_rules`] for changed keys that are rule keys or bulk-layout buckets
+    /// (a bucket stands for every rule it now holds: one HKEYS each).
+    pub async fn fetch_changes(
+        &self,
+        changed: &[String],
+    ) -> Result<Vec<(RuleKey, Option<Entry>)>, StoreError> {
+        let (buckets, mut keys): (Vec<&String>, Vec<String>) = (
+            changed
+                .iter()
+                .filter(|k| self.parse_bulk_key(k).is_some())
+                .collect(),
+            changed
+                .iter()
+                .filter(|k| self.parse_key(k).is_some())
+                .cloned()
+                .collect(),
+        );
+        if !buckets.is_empty() {
+            let mut conn = self.conn().await?;
+            for chunk in buckets.chunks(BUCKET_BATCH) {
+                let mut batch = Batch::new();
+                for key in chunk {
+                    batch.add(Cmd::hkeys(*key));
+                }
+                let fields: Vec<Vec<String>> = self.run(batch.query(&mut conn)).await?;
+                for (bucket, fields) in chunk.iter().zip(fields) {
+                    let Some((tenant, list)) = self.parse_bulk_key(bucket) else {
+                        continue;
+                    };
+                    keys.extend(fields.iter().map(|f| self.key(tenant.as_ref(), list, f)));
+                }
+            }
+        }
+        self.fetch_rules(&keys).await
+    }
+
     /// The current state of the rules that `changed` keys spell: for each rule, every spelling
     /// (canonical key, alias set, the changed keys) is read and merged as a snapshot compile
     /// would merge them; `None` when no spelling is left. Keeps the alias sets in step.
@@ -497,19 +690,44 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let canonicals: Vec<String> = rules.keys().cloned().collect();
+        // Per rule: its alias set, and its field in the bulk layout's bucket.
         let mut batch = Batch::new();
         for c in &canonicals {
             batch.add(Cmd::smembers(self.alias_key(c)));
+            if let Some(((tenant, list, pattern), _)) = rules.get(c) {
+                let text = pattern.to_string();
+                batch.add(Cmd::hget(
+                    self.bulk_key(tenant.as_ref(), *list, &text),
+                    text,
+                ));
+            }
         }
         let mut conn = self.conn().await?;
-        let members: Vec<Vec<String>> = self.run(batch.query(&mut conn)).await?;
-        for (c, m) in canonicals.iter().zip(members) {
+        let replies: Vec<Value> = self.run(batch.query(&mut conn)).await?;
+        let mut in_bulk: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut replies = replies.into_iter();
+        for c in &canonicals {
+            let (Some(members), Some(bulk_value)) = (replies.next(), replies.next()) else {
+                break;
+            };
+            let members: Vec<String> =
+                redis::from_redis_value(members).map_err(redis::RedisError::from)?;
+            let bulk_value: Option<Vec<u8>> =
+                redis::from_redis_value(bulk_value).map_err(redis::RedisError::from)?;
             if let Some(spot) = rules.get_mut(c) {
-                spot.1.extend(m);
+                spot.1.extend(members);
                 spot.1.sort_unstable();
                 spot.1.dedup();
             }
+            if let Some(value) = bulk_value {
+                in_bulk.insert(c.clone(), value);
+            }
         }
+        let ids: Vec<&str> = in_bulk
+            .values()
+            .filter_map(|v| bulk::referenced_meta(v))
+            .collect();
+        let metas = self.metas_for(&ids).await?;
         let all: Vec<String> = rules
             .values()
             .flat_map(|(_, k)| k.iter().cloned())
@@ -525,7 +743,19 @@ impl RedisStore {
         let mut aliases = Batch::new();
         let mut out = Vec::with_capacity(rules.len());
         for (canonical, (rule, keys)) in rules {
-            let mut merged: Option<Entry> = None;
+            let mut merged = in_bulk.get(&canonical).and_then(|value| {
+                let (tenant, list, pattern) = &rule;
+                self.bulk_entry(
+                    tenant.as_ref(),
+                    *list,
+                    pattern.to_string().as_bytes(),
+                    value,
+                    &metas,
+                    &mut ValueCache::default(),
+                )
+                .map_err(|error| warn!(key = %canonical, %error, "ignoring unusable bulk rule"))
+                .ok()
+            });
             for key in &keys {
                 let entry = found.remove(key);
                 if *key != canonical {
@@ -603,14 +833,16 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Reads every entry with its key (SCAN, then pipelined GET+PTTL in batches), handing each
-    /// to `each` as it arrives so a 10-million-key load never holds them all at once. Records
-    /// the non-canonical spellings it meets in their rules' alias sets.
+    /// Reads every entry with its key (SCAN, then pipelined MGET (+PTTL) for rule keys and
+    /// HGETALL for buckets of the bulk layout, in batches), handing each to `each` (with its
+    /// rule key, or its bucket's key) as it arrives so a 10-million-rule load never holds them
+    /// all at once. Records the non-canonical spellings it meets in their rules' alias sets.
     pub async fn load_each(&self, mut each: impl FnMut(&str, Entry)) -> Result<(), StoreError> {
         // SCAN runs ahead in its own task and several fetches are in flight at once, so Redis
         // works on the next batches while this task decodes the current one.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ScanBatch, StoreError>>(4);
         let with_ttl = self.any_expiring_keys().await?;
+        let metas = self.read_metas().await?;
         let scanner = self.clone();
         let producer = tokio::spawn(async move { scanner.scan_batches(tx, with_ttl).await });
         let mut fetched = std::pin::pin!(futures_util::stream::unfold(rx, |mut rx| async move {
@@ -621,7 +853,17 @@ impl RedisStore {
         let mut text = String::new();
         let result = async {
             while let Some(batch) = fetched.next().await {
-                let (keys, replies) = batch?;
+                let (keys, replies) = match batch? {
+                    ScanBatch::Keys(keys, replies) => (keys, replies),
+                    ScanBatch::Buckets(buckets) => {
+                        for (key, reply) in &buckets {
+                            self.decode_bucket(key, reply, &metas, &mut cache, |entry| {
+                                each(key, entry)
+                            });
+                        }
+                        continue;
+                    }
+                };
                 let mut aliases = Batch::new();
                 for (key, entry) in self.decode(keys, &replies, &mut cache) {
                     let Some(entry) = entry else { continue };
@@ -668,24 +910,24 @@ impl RedisStore {
             }
         };
         for conn in nodes {
-            if !self.scan_node_batches(conn, &tx, with_ttl).await {
+            if let Err(e) = self.scan_node_batches(conn, &tx, with_ttl).await {
+                let _closed = tx.send(Err(e)).await;
                 return;
             }
         }
     }
 
-    /// One node's part of [`RedisStore::scan_batches`]; false when the walk must stop
-    /// (an error was sent, or the receiver is gone).
+    /// One node's part of [`RedisStore::scan_batches`]; Ok also when the receiver is gone.
     async fn scan_node_batches(
         &self,
         mut conn: Conn,
         tx: &tokio::sync::mpsc::Sender<Result<ScanBatch, StoreError>>,
         with_ttl: bool,
-    ) -> bool {
+    ) -> Result<(), StoreError> {
         let pattern = format!("{}:*", glob_escape(&self.prefix));
         let mut cursor: u64 = 0;
         loop {
-            let step: Result<(u64, Vec<String>), StoreError> = self
+            let (next, keys): (u64, Vec<String>) = self
                 .run(
                     redis::cmd("SCAN")
                         .arg(cursor)
@@ -695,32 +937,87 @@ impl RedisStore {
                         .arg(LOAD_BATCH)
                         .query_async(&mut conn),
                 )
-                .await;
+                .await?;
+            let (buckets, keys): (Vec<String>, Vec<String>) = keys
+                .into_iter()
+                .partition(|k| self.parse_bulk_key(k).is_some());
             // The values right after their keys: Redis still has the entries the SCAN walked
             // in its caches (fetching them later, in hash order, costs it twice the time).
-            let step = match step {
-                Ok((next, keys)) => match self.fetch_raw_on(&conn, &keys, with_ttl).await {
-                    Ok(replies) => Ok((next, (keys, replies))),
-                    Err(e) => Err(e),
-                },
-                Err(e) => Err(e),
-            };
-            match step {
-                Ok((next, batch)) => {
-                    if tx.send(Ok(batch)).await.is_err() {
-                        return false;
-                    }
-                    if next == 0 {
-                        return true;
-                    }
-                    cursor = next;
+            let replies = self.fetch_raw_on(&conn, &keys, with_ttl).await?;
+            if tx.send(Ok(ScanBatch::Keys(keys, replies))).await.is_err() {
+                return Ok(());
+            }
+            for chunk in buckets.chunks(BUCKET_BATCH) {
+                let mut pipe = redis::pipe();
+                for key in chunk {
+                    pipe.hgetall(key);
                 }
-                Err(e) => {
-                    let _closed = tx.send(Err(e)).await;
-                    return false;
+                let replies: Vec<Value> = self.run(pipe.query_async(&mut conn)).await?;
+                let fetched = chunk.iter().cloned().zip(replies).collect();
+                if tx.send(Ok(ScanBatch::Buckets(fetched))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every metadata record of the bulk layout (one HGETALL), also kept for later edits.
+    async fn read_metas(&self) -> Result<HashMap<String, Arc<[u8]>>, StoreError> {
+        let mut conn = self.conn().await?;
+        let all: HashMap<String, Vec<u8>> = self
+            .run(Cmd::hgetall(self.bulk_meta_key()).query_async(&mut conn))
+            .await?;
+        let all: HashMap<String, Arc<[u8]>> = all
+            .into_iter()
+            .map(|(id, json)| (id, Arc::from(json)))
+            .collect();
+        if let Ok(mut known) = self.metas.lock() {
+            known.extend(all.iter().map(|(id, json)| (id.clone(), json.clone())));
+        }
+        Ok(all)
+    }
+
+    /// The metadata records `ids` name, from what was read before or else from Redis.
+    async fn metas_for(&self, ids: &[&str]) -> Result<HashMap<String, Arc<[u8]>>, StoreError> {
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        if let Ok(known) = self.metas.lock() {
+            for id in ids {
+                match known.get(*id) {
+                    Some(json) => {
+                        out.insert((*id).to_owned(), json.clone());
+                    }
+                    None => missing.push(*id),
                 }
             }
         }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let mut conn = self.conn().await?;
+        let found: Vec<Option<Vec<u8>>> = self
+            .run(
+                redis::cmd("HMGET")
+                    .arg(self.bulk_meta_key())
+                    .arg(&missing)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut known = self.metas.lock().ok();
+        for (id, json) in missing.into_iter().zip(found) {
+            if let Some(json) = json {
+                let json: Arc<[u8]> = Arc::from(json);
+                if let Some(known) = known.as_mut() {
+                    known.insert(id.to_owned(), json.clone());
+                }
+                out.insert(id.to_owned(), json);
+            }
+        }
+        Ok(out)
     }
 
     /// True unless Redis says no key in the database has a TTL (`INFO keyspace`, `expires=0`,
@@ -870,19 +1167,9 @@ impl RedisStore {
                     let expires_at = u64::try_from(*ttl_ms)
                         .ok()
                         .map(|ms| now + Duration::from_millis(ms));
-                    let built =
-                        cache
-                            .template(list, bytes, &self.normalizer)
-                            .and_then(|template| {
-                                let pattern = RulePattern::parse(text, &self.normalizer)
-                                    .map_err(|e| e.to_string())?;
-                                Ok(Entry {
-                                    tenant,
-                                    pattern,
-                                    expires_at,
-                                    ..template
-                                })
-                            });
+                    let built = cache
+                        .template(list, bytes, bytes, &self.normalizer)
+                        .and_then(|template| self.with_rule(template, tenant, text, expires_at));
                     match built {
                         Ok(entry) => Some(entry),
                         Err(error) => {
@@ -899,7 +1186,75 @@ impl RedisStore {
         out
     }
 
-    /// Turns on the keyspace notifications callguard needs (`K$gx`), keeping whatever flags the
+    /// `template` (a parsed value) made the rule `text` of `tenant`, expiring at `expires_at`.
+    fn with_rule(
+        &self,
+        template: Entry,
+        tenant: Option<Tenant>,
+        text: &str,
+        expires_at: Option<SystemTime>,
+    ) -> Result<Entry, String> {
+        let pattern = RulePattern::parse(text, &self.normalizer).map_err(|e| e.to_string())?;
+        Ok(Entry {
+            tenant,
+            pattern,
+            expires_at,
+            ..template
+        })
+    }
+
+    /// Hands each rule of a bulk-layout bucket (an `HGETALL` reply) to `each`; fields that are
+    /// not rules, or name metadata that does not exist, are skipped with a warning.
+    fn decode_bucket(
+        &self,
+        key: &str,
+        reply: &Value,
+        metas: &HashMap<String, Arc<[u8]>>,
+        cache: &mut ValueCache,
+        mut each: impl FnMut(Entry),
+    ) {
+        let Some((tenant, list)) = self.parse_bulk_key(key) else {
+            return;
+        };
+        let mut bad = 0usize;
+        let mut last_error = String::new();
+        for_each_field(reply, |field, value| {
+            match self.bulk_entry(tenant.as_ref(), list, field, value, metas, cache) {
+                Ok(entry) => each(entry),
+                Err(error) => {
+                    bad += 1;
+                    last_error = error;
+                }
+            }
+        });
+        if bad > 0 {
+            warn!(key = %key, rules = bad, error = %last_error, "ignoring unusable rules of a bulk bucket");
+        }
+    }
+
+    /// The rule a bulk-layout field stands for.
+    fn bulk_entry(
+        &self,
+        tenant: Option<&Tenant>,
+        list: ListKind,
+        field: &[u8],
+        value: &[u8],
+        metas: &HashMap<String, Arc<[u8]>>,
+        cache: &mut ValueCache,
+    ) -> Result<Entry, String> {
+        let text = std::str::from_utf8(field).map_err(|_| "rule text is not UTF-8".to_owned())?;
+        let meta = match bulk::referenced_meta(value) {
+            Some(id) => metas
+                .get(id)
+                .map(|json| &json[..])
+                .ok_or_else(|| format!("metadata {id:?} missing from {}", self.bulk_meta_key()))?,
+            None => value,
+        };
+        let template = cache.template(list, value, meta, &self.normalizer)?;
+        self.with_rule(template, tenant.cloned(), text, None)
+    }
+
+    /// Turns on the keyspace notifications callguard needs (`K$ghx`), keeping whatever flags the
     /// server already has. Ok(false) when the server refuses CONFIG (managed Redis, ACLs): the
     /// caller then falls back to periodic resync. An unreachable server (or, mid-failover, a
     /// master) is an error, not a refusal: the caller retries rather than poll for good.
@@ -1181,25 +1536,48 @@ struct ValueCache {
 }
 
 impl ValueCache {
-    /// The entry a value stands for (pattern, tenant and expiry still to fill in).
+    /// The entry a value stands for (pattern, tenant and expiry still to fill in): `stored` is
+    /// the value as stored (the cache key), `meta` the metadata it is or refers to.
     fn template(
         &mut self,
         list: ListKind,
-        bytes: &[u8],
+        stored: &[u8],
+        meta: &[u8],
         normalizer: &Normalizer,
     ) -> Result<Entry, String> {
         if let Some((l, b, parsed)) = &self.last
             && *l == list
-            && b.as_slice() == bytes
+            && b.as_slice() == stored
         {
             return parsed.clone();
         }
-        let text = String::from_utf8_lossy(bytes);
+        let text = String::from_utf8_lossy(meta);
         // "invalid" parses to a placeholder pattern; the caller sets the key's own.
         let parsed = entry_from_parts(normalizer, None, list, "invalid", parse_value(&text), None)
             .map_err(|e| e.to_string());
-        self.last = Some((list, bytes.to_vec(), parsed.clone()));
+        self.last = Some((list, stored.to_vec(), parsed.clone()));
         parsed
+    }
+}
+
+/// Calls `each(field, value)` for every pair of an `HGETALL` reply (RESP2 array or RESP3 map).
+fn for_each_field(reply: &Value, mut each: impl FnMut(&[u8], &[u8])) {
+    match reply {
+        Value::Array(items) => {
+            for pair in items.chunks_exact(2) {
+                if let [Value::BulkString(f), Value::BulkString(v)] = pair {
+                    each(f, v);
+                }
+            }
+        }
+        Value::Map(pairs) => {
+            for pair in pairs {
+                if let (Value::BulkString(f), Value::BulkString(v)) = pair {
+                    each(f, v);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -1215,12 +1593,13 @@ fn parse_value(value: &str) -> EntryMeta {
     }
 }
 
-/// Adds K (keyspace channel), $ (string commands), g (DEL, EXPIRE, RENAME...) and x (expired)
-/// to the server's flags. `A` already covers `$gx`.
+/// Adds K (keyspace channel), $ (string commands), g (DEL, EXPIRE, RENAME...), h (hash
+/// commands: the bulk layout's buckets) and x (expired) to the server's flags. `A` already
+/// covers `$ghx`.
 fn merge_notify_flags(current: &str) -> String {
     let mut flags = current.to_owned();
     let has_all = current.contains('A');
-    for flag in ['K', '$', 'g', 'x'] {
+    for flag in ['K', '$', 'g', 'h', 'x'] {
         let covered = current.contains(flag) || (has_all && flag != 'K');
         if !covered {
             flags.push(flag);
@@ -1247,8 +1626,8 @@ mod tests {
 
     #[test]
     fn notify_flags_merge() {
-        assert_eq!(merge_notify_flags(""), "K$gx");
-        assert_eq!(merge_notify_flags("Ex"), "ExK$g");
+        assert_eq!(merge_notify_flags(""), "K$ghx");
+        assert_eq!(merge_notify_flags("Ex"), "ExK$gh");
         assert_eq!(merge_notify_flags("AK"), "AK");
         assert_eq!(merge_notify_flags("KA"), "KA");
     }

@@ -383,41 +383,80 @@ async fn redis_session(
                 } else {
                     msg.get_payload::<String>().ok()
                 };
-                if let Some(key) = key.filter(|k| store.parse_key(k).is_some()) {
+                if let Some(key) = key.filter(|k| {
+                    store.parse_key(k).is_some() || store.parse_bulk_key(k).is_some()
+                }) {
                     debug!(%key, "store change");
                     pending.insert(key);
                     flush_at.get_or_insert_with(|| Instant::now() + coalesce);
                 }
             }
             () = sleep_until(flush_deadline) => {
-                if flush_at.is_some() {
+                let big = pending_rules(store, &pending) > PATCH_MAX_RULES;
+                if flush_at.is_some() && !big {
                     flush_at = None;
                     let keys: Vec<String> = pending.drain().collect();
-                    let changes = store.fetch_rules(&keys).await?;
+                    let changes = store.fetch_changes(&keys).await?;
                     publish_patch(handle, version, &options.time_zone, changes).await;
                 } else {
-                    next_resync = Instant::now() + resync_every;
-                    let fresh = full_load(store, &options.time_zone).await?;
-                    let current = handle.load();
-                    let v = *version + 1;
-                    let rebuilt = tokio::task::spawn_blocking(move || {
-                        let fresh = fresh.finish(v);
-                        let same = fresh.same_rules(&current, EXPIRY_JITTER);
-                        (fresh, same)
-                    })
-                    .await;
-                    match rebuilt {
-                        Ok((_, true)) => metrics::snapshot_fresh(SystemTime::now()),
-                        Ok((fresh, false)) => {
-                            *version = v;
-                            swap_in(handle, fresh).await;
-                        }
-                        Err(error) => warn!(%error, "resync compile failed; keeping the snapshot"),
+                    if big {
+                        info!(keys = pending.len(), "big change (an import): reloading everything");
                     }
+                    // Cleared before the load: whatever changes meanwhile is heard again.
+                    pending.clear();
+                    flush_at = None;
+                    next_resync = Instant::now() + resync_every;
+                    resync(store, handle, &options.time_zone, version).await?;
                 }
             }
         }
     }
+}
+
+/// A change set touching more rules than this (an import into a running system) is applied
+/// by reloading everything: one streamed load beats reading each rule's spellings one by one.
+const PATCH_MAX_RULES: usize = 100_000;
+
+/// Rules a pending change set stands for, roughly: a rule key is one, a bulk bucket (a hash
+/// of up to a few hundred rules) counts as 100.
+fn pending_rules(store: &RedisStore, pending: &HashSet<String>) -> usize {
+    pending
+        .iter()
+        .map(|k| {
+            if store.parse_bulk_key(k).is_some() {
+                100
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Loads everything and publishes it unless it holds the same rules as the current snapshot.
+async fn resync(
+    store: &RedisStore,
+    handle: &SnapshotHandle,
+    zone: &TimeZone,
+    version: &mut u64,
+) -> Result<(), StoreError> {
+    let fresh = full_load(store, zone).await?;
+    let current = handle.load();
+    let v = *version + 1;
+    let rebuilt = tokio::task::spawn_blocking(move || {
+        let fresh = fresh.finish(v);
+        let same = fresh.same_rules(&current, EXPIRY_JITTER);
+        (fresh, same)
+    })
+    .await;
+    match rebuilt {
+        Ok((_, true)) => metrics::snapshot_fresh(SystemTime::now()),
+        Ok((fresh, false)) => {
+            *version = v;
+            swap_in(handle, fresh).await;
+        }
+        Err(error) => warn!(%error, "resync compile failed; keeping the snapshot"),
+    }
+    Ok(())
 }
 
 /// Expiries are derived from PTTL at read time, so two reads of an unchanged key differ by the

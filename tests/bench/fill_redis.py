@@ -19,18 +19,19 @@ def resp_set(key: bytes, value: bytes) -> bytes:
 def main() -> None:
     n = int(sys.argv[1])
     masks = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    rules_only = "--rules" in sys.argv[3:]
     out = sys.stdout.buffer
     batch = []
     for i in range(n):
-        number = 4_000_000_000 + (i * 7919) % 1_000_000_000
-        batch.append(resp_set(b"callguard:block:+7%d" % number, VALUE))
+        number = b"+7%d" % (4_000_000_000 + (i * 7919) % 1_000_000_000)
+        batch.append(number + b"\n" if rules_only else resp_set(b"callguard:block:" + number, VALUE))
         if len(batch) == 10_000:
             out.write(b"".join(batch))
             batch.clear()
     for i in range(masks):
         area, exchange = divmod(i % 100_000, 1000)
-        key = b"callguard:block:+78%02d%03dXXXX" % (area, exchange)
-        batch.append(resp_set(key, b"collector exchange"))
+        mask = b"+78%02d%03dXXXX" % (area, exchange)
+        batch.append(mask + b"\n" if rules_only else resp_set(b"callguard:block:" + mask, b"collector exchange"))
     out.write(b"".join(batch))
 
 

@@ -4,14 +4,18 @@
 #   - resident memory of the loaded server minus that of the same server on an empty list;
 #   - edit latency: `callguard edit-latency` (CLI writes and redis-cli SETs) at that size.
 #   - restart with `redis.snapshot_file`: time until it decides from the file.
-# Not part of CI (minutes, ~3 GB for Redis at 10M). Usage:
+# LAYOUT=keys fills Redis with one key per rule (redis-cli --pipe, ~1.6 GB at 10M); LAYOUT=bulk
+# (the default) with `callguard import` of the same rules, which writes them many per hash.
+# Not part of CI (minutes; the bulk import of 10M takes ~2 min and ~8 GB). Usage:
 #   N=10000000 MASKS=100000 bash tests/bench/scale.sh
-#   N=1000000 MASKS=0 BIN=/tmp/callguard-old bash tests/bench/scale.sh   # smaller, another build
+#   N=10000000 MASKS=100000 LAYOUT=keys bash tests/bench/scale.sh
+#   N=1000000 MASKS=0 BIN=/tmp/callguard-old LAYOUT=keys bash tests/bench/scale.sh   # another build
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-10000000}
 MASKS=${MASKS:-100000}
 EDITS=${EDITS:-200}
+LAYOUT=${LAYOUT:-bulk}
 
 # shellcheck source=tests/bench/common.sh
 . tests/bench/common.sh
@@ -30,9 +34,16 @@ redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK" --save "" --appendon
 until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
 REDIS_PID=$(redis-cli -p "$RPORT" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
 
-echo "== filling redis with $N numbers + $MASKS masks"
+echo "== filling redis with $N numbers + $MASKS masks ($LAYOUT layout)"
 t=$(date +%s.%N)
-python3 tests/bench/fill_redis.py "$N" "$MASKS" | redis-cli -p "$RPORT" --pipe | tail -1
+if [[ $LAYOUT == keys ]]; then
+  python3 tests/bench/fill_redis.py "$N" "$MASKS" | redis-cli -p "$RPORT" --pipe | tail -1
+else
+  python3 tests/bench/fill_redis.py "$N" "$MASKS" --rules >"$WORK/rules.txt"
+  "$BIN" --store "redis://127.0.0.1:$RPORT/0" import "$WORK/rules.txt" --layout "$LAYOUT" \
+    --reason "spam list" | tail -1
+  rm "$WORK/rules.txt"
+fi
 echo "fill took $(echo "$(date +%s.%N) - $t" | bc) s; redis used_memory_human: $(redis-cli -p "$RPORT" info memory | grep -m1 used_memory_human | cut -d: -f2 | tr -d '\r')"
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }

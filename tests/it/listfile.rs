@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::Output;
 
-use crate::support::{Redis, Server, agi_call, cli, cli_ok, temp_store};
+use std::time::Duration;
+
+use crate::support::{Redis, Server, agi_call, agi_verdict_within, cli, cli_ok, temp_store};
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -245,4 +247,148 @@ fn redis_import_on_a_big_keyspace_uses_the_alias_sets() {
         ":0"
     );
     assert_eq!(redis.cmd(&["EXISTS", "callguard:block:+74951234567"]), ":1");
+}
+
+/// `--layout bulk`: rules go into buckets (hashes) with their metadata stored once, replace
+/// hand-typed keys of the same rules, reach a running server, load cold, export, and stay
+/// editable with `block`/`unblock`; a rule with an expiry keeps a key of its own.
+#[test]
+fn redis_bulk_import_is_decided_edited_and_exported() {
+    use callguard::store::bulk;
+    let redis = Redis::start();
+    let store = redis.url();
+    redis.cmd(&["SET", "callguard:block:8 (495) 000-00-01", "old"]);
+    let server = Server::start(&store, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut lines = String::from("rule,reason,expires_at\n");
+    for i in 1..=300 {
+        lines.push_str(&format!("+7495{i:07},collectors,\n"));
+    }
+    lines.push_str("+7812XXXXXXX,a whole city,\n");
+    lines.push_str("+74990000001,for a while,2099-01-01T00:00:00Z\n");
+    let file = write(dir.path(), "list.csv", &lines);
+    let report = cli_ok(&store, &["import", &file, "--layout", "bulk"]);
+    assert!(report.contains("imported 302 rules"), "{report}");
+
+    let bucket_of = |rule: &str| {
+        format!(
+            "callguard:bulk:block:{}",
+            bulk::bucket_name(bulk::bucket_of(rule))
+        )
+    };
+    assert_eq!(
+        redis.cmd(&["HEXISTS", &bucket_of("+74950000001"), "+74950000001"]),
+        ":1"
+    );
+    assert_eq!(
+        redis.cmd(&["HEXISTS", &bucket_of("+7812XXXXXXX"), "+7812XXXXXXX"]),
+        ":1"
+    );
+    // Metadata stored once per distinct reason (300 rules share "collectors").
+    assert_eq!(redis.cmd(&["HLEN", "callguard:bulk-meta"]), ":2");
+    // The hand-typed spelling was replaced; the expiring rule is a key with a TTL.
+    assert_eq!(
+        redis.cmd(&["EXISTS", "callguard:block:8 (495) 000-00-01"]),
+        ":0"
+    );
+    assert_eq!(redis.cmd(&["EXISTS", "callguard:block:+74950000001"]), ":0");
+    assert!(
+        redis
+            .cmd(&["TTL", "callguard:block:+74990000001"])
+            .starts_with(":")
+    );
+    assert_ne!(redis.cmd(&["TTL", "callguard:block:+74990000001"]), ":-1");
+
+    // The running server heard the buckets.
+    assert!(agi_verdict_within(
+        server.agi,
+        "84950000300",
+        "block",
+        Duration::from_secs(5)
+    ));
+    let outcome = agi_call(server.agi, "7 (495) 000-00-01");
+    assert_eq!(outcome.verdict(), "block");
+    assert_eq!(outcome.vars["CALLGUARD_REASON"], "collectors");
+    assert_eq!(agi_call(server.agi, "+78121234567").verdict(), "block");
+    assert_eq!(agi_call(server.agi, "84990000001").verdict(), "block");
+
+    // Edits of bulk rules: unblock removes the field, block moves the rule to a key.
+    let out = cli_ok(&store, &["unblock", "84950000002"]);
+    assert!(out.contains("removed"), "{out}");
+    assert_eq!(
+        redis.cmd(&["HEXISTS", &bucket_of("+74950000002"), "+74950000002"]),
+        ":0"
+    );
+    assert!(agi_verdict_within(
+        server.agi,
+        "84950000002",
+        "allow",
+        Duration::from_secs(5)
+    ));
+    cli_ok(&store, &["block", "+74950000003", "--reason", "moved"]);
+    assert_eq!(
+        redis.cmd(&["HEXISTS", &bucket_of("+74950000003"), "+74950000003"]),
+        ":0"
+    );
+    assert!(
+        crate::support::within(Duration::from_secs(5), || {
+            agi_call(server.agi, "84950000003")
+                .vars
+                .get("CALLGUARD_REASON")
+                == Some(&"moved".to_owned())
+        })
+        .is_some()
+    );
+
+    // A cold start reads the same rules; export lists every one of them.
+    let fresh = Server::start(&store, &[]);
+    assert_eq!(agi_call(fresh.agi, "84950000300").verdict(), "block");
+    assert_eq!(agi_call(fresh.agi, "84950000002").verdict(), "allow");
+    assert_eq!(
+        agi_call(fresh.agi, "84950000003").vars["CALLGUARD_REASON"],
+        "moved"
+    );
+    let exported = cli_ok(&store, &["export"]);
+    // Header + 301 rules left.
+    assert_eq!(exported.lines().count(), 302, "{exported}");
+    assert!(exported.contains("+7812XXXXXXX,"), "{exported}");
+}
+
+/// An import of 12,000 rules (bulk by default from 10,000) into a running server is applied
+/// by reloading everything, not by reading each rule's spellings one by one.
+#[test]
+fn redis_big_import_uses_the_bulk_layout_and_reaches_a_running_server() {
+    let redis = Redis::start();
+    let store = redis.url();
+    let server = Server::start(&store, &[]);
+    cli_ok(&store, &["block", "+74951234567", "--reason", "by hand"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines: String = (0..12_000).map(|i| format!("+7496{i:07}\n")).collect();
+    let file = write(dir.path(), "big.txt", &lines);
+    let report = cli_ok(&store, &["import", &file, "--reason", "bulk"]);
+    assert!(report.contains("imported 12000 rules"), "{report}");
+    // Buckets, not 12,000 keys: the rule key, the meta hash, the call log and ~11,500 buckets.
+    let keys: usize = redis
+        .cmd(&["DBSIZE"])
+        .trim_start_matches(':')
+        .parse()
+        .expect("DBSIZE");
+    assert!((10_000..12_000).contains(&keys), "{keys} keys");
+    assert_eq!(redis.cmd(&["EXISTS", "callguard:block:+74960000000"]), ":0");
+    assert!(agi_verdict_within(
+        server.agi,
+        "84960011999",
+        "block",
+        Duration::from_secs(10)
+    ));
+    assert_eq!(
+        agi_call(server.agi, "+74960000000").vars["CALLGUARD_REASON"],
+        "bulk"
+    );
+    assert_eq!(
+        agi_call(server.agi, "84951234567").vars["CALLGUARD_REASON"],
+        "by hand"
+    );
+    let listed = cli_ok(&store, &["list"]);
+    assert_eq!(listed.lines().count(), 12_001);
 }

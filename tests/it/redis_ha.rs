@@ -293,6 +293,42 @@ fn cluster_loads_every_master_and_follows_edits_on_each() {
     }
     let listed = cli_ok(&url, &["list"]);
     assert!(listed.contains(&numbers[29]), "{listed}");
+
+    // The bulk layout: buckets on every master (each written to the node of its slot), read by
+    // the running server from the announcement, by a fresh one from each master's SCAN.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("bulk.txt");
+    let lines: String = (0..200).map(|i| format!("+7496000{i:04}\n")).collect();
+    std::fs::write(&file, lines).expect("write list");
+    let file = file.to_string_lossy().into_owned();
+    let report = cli_ok(
+        &url,
+        &["import", &file, "--layout", "bulk", "--reason", "bulk"],
+    );
+    assert!(report.contains("imported 200 rules"), "{report}");
+    for node in &cluster.nodes {
+        let buckets = node.cli(&["--scan", "--pattern", "callguard:bulk:*"]);
+        assert!(buckets.lines().count() > 10, "{buckets}");
+    }
+    assert!(agi_verdict_within(
+        server.agi,
+        "84960000199",
+        "block",
+        Duration::from_secs(5)
+    ));
+    cli_ok(&url, &["unblock", "+74960000007"]);
+    assert!(agi_verdict_within(
+        server.agi,
+        "84960000007",
+        "allow",
+        Duration::from_secs(5)
+    ));
+    let fresh = Server::start(&url, &[]);
+    assert_eq!(
+        agi_call(fresh.agi, "84960000000").vars["CALLGUARD_REASON"],
+        "bulk"
+    );
+    assert_eq!(agi_call(fresh.agi, "84960000007").verdict(), "allow");
 }
 
 /// Calls placed by [`Load`] and what came back.
