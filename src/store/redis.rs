@@ -38,6 +38,10 @@ const BATCH: usize = 1000;
 const LOAD_BATCH: usize = 5000;
 /// Buckets of the bulk layout read per pipelined round trip while loading (~80 rules each).
 const BUCKET_BATCH: usize = 250;
+/// A load decodes on the runtime's workers, which also answer calls: it lets them run after
+/// this many buckets or keys (a millisecond or two of work).
+const YIELD_BUCKETS: usize = 16;
+const YIELD_KEYS: usize = 1000;
 
 /// What one step of a load fetched: rule keys with their `fetch_raw` replies, or buckets of
 /// the bulk layout with their `HGETALL` replies.
@@ -856,16 +860,26 @@ impl RedisStore {
                 let (keys, replies) = match batch? {
                     ScanBatch::Keys(keys, replies) => (keys, replies),
                     ScanBatch::Buckets(buckets) => {
-                        for (key, reply) in &buckets {
+                        for (i, (key, reply)) in buckets.iter().enumerate() {
                             self.decode_bucket(key, reply, &metas, &mut cache, |entry| {
                                 each(key, entry)
                             });
+                            if i % YIELD_BUCKETS == YIELD_BUCKETS - 1 {
+                                tokio::task::yield_now().await;
+                            }
                         }
                         continue;
                     }
                 };
                 let mut aliases = Batch::new();
-                for (key, entry) in self.decode(keys, &replies, &mut cache) {
+                for (i, (key, entry)) in self
+                    .decode(keys, &replies, &mut cache)
+                    .into_iter()
+                    .enumerate()
+                {
+                    if i % YIELD_KEYS == YIELD_KEYS - 1 {
+                        tokio::task::yield_now().await;
+                    }
                     let Some(entry) = entry else { continue };
                     // Most keys are canonical: check the rule text without building the key.
                     text.clear();
