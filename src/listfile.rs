@@ -115,7 +115,7 @@ pub fn read(
         Format::Csv | Format::Auto => csv_rows(text),
     };
     let mut import = Import::default();
-    let mut seen: HashMap<(ListKind, Option<Tenant>, String), usize> = HashMap::new();
+    let mut seen: HashMap<(ListKind, Option<Tenant>, RulePattern), usize> = HashMap::new();
     for (line, row) in rows {
         let row = match row {
             Ok(row) => row,
@@ -130,13 +130,12 @@ pub fn read(
         };
         match to_entry(&row, defaults, normalizer) {
             Ok(entry) => {
-                let rule = entry.pattern.to_string();
-                let key = (entry.list, entry.tenant.clone(), rule.clone());
+                let key = (entry.list, entry.tenant.clone(), entry.pattern.clone());
                 match seen.get(&key) {
                     Some(&first_line) => import.duplicates.push(Duplicate {
                         line,
                         first_line,
-                        rule,
+                        rule: entry.pattern.to_string(),
                     }),
                     None => {
                         seen.insert(key, line);
@@ -244,28 +243,28 @@ fn to_entry(
     Ok(entry)
 }
 
-type Rows = Vec<(usize, Result<Row, String>)>;
+/// Records of a file with their line numbers, read as they are used.
+type Rows<'t> = Box<dyn Iterator<Item = (usize, Result<Row, String>)> + 't>;
 
-fn json_rows(text: &str) -> Rows {
+fn json_rows(text: &str) -> Rows<'_> {
     match serde_json::from_str::<Vec<serde_json::Value>>(text) {
-        Err(e) => vec![(e.line(), Err(format!("not a JSON array of rules: {e}")))],
-        Ok(values) => values
-            .into_iter()
-            .enumerate()
-            .map(|(i, value)| {
-                // JSON has no useful line per element once parsed: number the elements.
-                let row = serde_json::from_value::<Row>(value)
-                    .map_err(|e| format!("element {}: {e}", i + 1));
-                (i + 1, row)
-            })
-            .collect(),
+        Err(e) => Box::new(std::iter::once((
+            e.line(),
+            Err(format!("not a JSON array of rules: {e}")),
+        ))),
+        Ok(values) => Box::new(values.into_iter().enumerate().map(|(i, value)| {
+            // JSON has no useful line per element once parsed: number the elements.
+            let row =
+                serde_json::from_value::<Row>(value).map_err(|e| format!("element {}: {e}", i + 1));
+            (i + 1, row)
+        })),
     }
 }
 
 /// `database show blacklist`: `/blacklist/<number>   : <value>` lines, padded with spaces,
 /// then `N results found.`. The value is a description in FreePBX and usually `1` in plain
 /// Asterisk dialplans; FreePBX's key `blocked` (value `1`) means "block withheld callers".
-fn astdb_rows(text: &str) -> Rows {
+fn astdb_rows(text: &str) -> Rows<'_> {
     let mut rows = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -296,7 +295,7 @@ fn astdb_rows(text: &str) -> Rows {
             }),
         ));
     }
-    rows
+    Box::new(rows.into_iter())
 }
 
 /// Column names (lowercase) and the field each fills; several spellings for the two that
@@ -324,40 +323,43 @@ fn column(name: &str) -> Option<&'static str> {
     )
 }
 
-fn csv_rows(text: &str) -> Rows {
+fn csv_rows(text: &str) -> Rows<'_> {
     let text = text.trim_start_matches('\u{feff}');
     let delimiter = guess_delimiter(text);
-    let records = csv_records(text, delimiter);
     let mut columns: Option<Vec<Option<&'static str>>> = None;
-    let mut rows = Vec::new();
-    for (index, (line, fields)) in records.into_iter().enumerate() {
-        if fields.iter().all(|f| f.trim().is_empty()) || fields[0].trim_start().starts_with('#') {
-            continue;
-        }
-        let named: Vec<Option<&'static str>> = fields.iter().map(|f| column(f)).collect();
-        // A header: the first record, naming the rule column.
-        if index == 0 && columns.is_none() && named.contains(&Some("rule")) {
-            columns = Some(named);
-            continue;
-        }
-        let mut row = Row::default();
-        match &columns {
-            Some(names) => {
-                for (field, name) in fields.iter().zip(names) {
-                    set_field(&mut row, *name, field);
+    Box::new(
+        csv_records(text, delimiter)
+            .enumerate()
+            .filter_map(move |(index, (line, fields))| {
+                if fields.iter().all(|f| f.trim().is_empty())
+                    || fields[0].trim_start().starts_with('#')
+                {
+                    return None;
                 }
-            }
-            // No header: number, then an optional reason; further columns are ignored.
-            None => {
-                set_field(&mut row, Some("rule"), &fields[0]);
-                if let Some(reason) = fields.get(1) {
-                    set_field(&mut row, Some("reason"), reason);
+                let named: Vec<Option<&'static str>> = fields.iter().map(|f| column(f)).collect();
+                // A header: the first record, naming the rule column.
+                if index == 0 && columns.is_none() && named.contains(&Some("rule")) {
+                    columns = Some(named);
+                    return None;
                 }
-            }
-        }
-        rows.push((line, Ok(row)));
-    }
-    rows
+                let mut row = Row::default();
+                match &columns {
+                    Some(names) => {
+                        for (field, name) in fields.iter().zip(names) {
+                            set_field(&mut row, *name, field);
+                        }
+                    }
+                    // No header: number, then an optional reason; further columns are ignored.
+                    None => {
+                        set_field(&mut row, Some("rule"), &fields[0]);
+                        if let Some(reason) = fields.get(1) {
+                            set_field(&mut row, Some("reason"), reason);
+                        }
+                    }
+                }
+                Some((line, Ok(row)))
+            }),
+    )
 }
 
 fn set_field(row: &mut Row, name: Option<&'static str>, value: &str) {
@@ -407,48 +409,64 @@ fn guess_delimiter(text: &str) -> char {
 
 /// RFC 4180 records with the line each starts on: quoted fields may hold the delimiter,
 /// doubled quotes and line breaks; `\r\n` and `\n` both end records.
-fn csv_records(text: &str, delimiter: char) -> Vec<(usize, Vec<String>)> {
-    let mut records = Vec::new();
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut quoted = false;
-    let mut line = 1;
-    let mut start = 1;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted => {
-                if chars.peek() == Some(&'"') {
-                    chars.next();
-                    field.push('"');
-                } else {
-                    quoted = false;
+fn csv_records(text: &str, delimiter: char) -> CsvRecords<'_> {
+    CsvRecords {
+        chars: text.chars().peekable(),
+        delimiter,
+        line: 1,
+    }
+}
+
+/// RFC 4180 records of a text, each with the line it starts on, read one at a time (a
+/// ten-million-line file is never held as records).
+struct CsvRecords<'t> {
+    chars: std::iter::Peekable<std::str::Chars<'t>>,
+    delimiter: char,
+    line: usize,
+}
+
+impl Iterator for CsvRecords<'_> {
+    type Item = (usize, Vec<String>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut fields = Vec::new();
+        let mut field = String::new();
+        let mut quoted = false;
+        let start = self.line;
+        while let Some(c) = self.chars.next() {
+            match c {
+                '"' if quoted => {
+                    if self.chars.peek() == Some(&'"') {
+                        self.chars.next();
+                        field.push('"');
+                    } else {
+                        quoted = false;
+                    }
                 }
+                '"' if field.trim().is_empty() => {
+                    field.clear();
+                    quoted = true;
+                }
+                '\n' if quoted => {
+                    self.line += 1;
+                    field.push('\n');
+                }
+                '\n' => {
+                    fields.push(field);
+                    self.line += 1;
+                    return Some((start, fields));
+                }
+                '\r' if !quoted && self.chars.peek() == Some(&'\n') => {}
+                c if c == self.delimiter && !quoted => fields.push(std::mem::take(&mut field)),
+                c => field.push(c),
             }
-            '"' if field.trim().is_empty() => {
-                field.clear();
-                quoted = true;
-            }
-            '\n' if quoted => {
-                line += 1;
-                field.push('\n');
-            }
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                records.push((start, std::mem::take(&mut fields)));
-                line += 1;
-                start = line;
-            }
-            '\r' if !quoted && chars.peek() == Some(&'\n') => {}
-            c if c == delimiter && !quoted => fields.push(std::mem::take(&mut field)),
-            c => field.push(c),
         }
+        if !field.is_empty() || !fields.is_empty() {
+            fields.push(field);
+            return Some((start, fields));
+        }
+        None
     }
-    if !field.is_empty() || !fields.is_empty() {
-        fields.push(field);
-        records.push((start, fields));
-    }
-    records
 }
 
 /// Export columns, in order; `import` reads them back by name.

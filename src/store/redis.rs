@@ -453,31 +453,46 @@ impl RedisStore {
             batch.then();
         }
         // Metadata first (a cluster runs stage by stage), then the buckets.
+        // Each bucket's HSET is built as its rules come (no copy of the list in between), and
+        // consecutive rules of an import share their metadata, encoded once.
         let mut metas: HashMap<String, String> = HashMap::new();
-        let mut buckets: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        let mut buckets: HashMap<String, Cmd> = HashMap::new();
+        let mut shared: Option<(&Entry, String)> = None;
         for entry in &bulked {
-            let json = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
-                StoreError::Redis(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "cannot encode entry",
-                    e.to_string(),
-                )))
-            })?;
-            let id = bulk::meta_id(&json);
+            let reference = match &shared {
+                Some((prev, reference)) if same_meta(prev, entry) => reference,
+                _ => {
+                    let json = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
+                        StoreError::Redis(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "cannot encode entry",
+                            e.to_string(),
+                        )))
+                    })?;
+                    let id = bulk::meta_id(&json);
+                    metas.insert(id.clone(), json);
+                    &shared.insert((entry, bulk::meta_ref(&id))).1
+                }
+            };
             let text = entry.pattern.to_string();
             buckets
                 .entry(self.bulk_key(entry.tenant.as_ref(), entry.list, &text))
-                .or_default()
-                .push((text, bulk::meta_ref(&id)));
-            metas.insert(id, json);
+                .or_insert_with_key(|key| {
+                    let mut hset = redis::cmd("HSET");
+                    hset.arg(key);
+                    hset
+                })
+                .arg(text)
+                .arg(reference.as_str());
         }
         if !metas.is_empty() {
             let pairs: Vec<(&String, &String)> = metas.iter().collect();
             batch.add_ignored(Cmd::hset_multiple(self.bulk_meta_key(), &pairs));
             batch.then();
         }
-        for (key, fields) in &buckets {
-            batch.add_ignored(Cmd::hset_multiple(key, fields));
+        let bucket_keys: Vec<String> = buckets.keys().cloned().collect();
+        for hset in buckets.into_values() {
+            batch.add_ignored(hset);
         }
         // Then every key of their own those rules had (written before, or typed by hand).
         batch.then();
@@ -488,7 +503,7 @@ impl RedisStore {
             batch.add_ignored(Cmd::del(self.alias_key(canonical)));
         }
         batch.then();
-        for key in buckets.keys().chain(existing.values().flatten()) {
+        for key in bucket_keys.iter().chain(existing.values().flatten()) {
             batch.add_ignored(Cmd::publish(self.changes_channel(), key));
         }
         self.run_big(batch, entries.len()).await?;
@@ -1572,6 +1587,17 @@ impl ValueCache {
         self.last = Some((list, stored.to_vec(), parsed.clone()));
         parsed
     }
+}
+
+/// True when two entries store the same metadata (what [`EntryMeta::of`] keeps).
+fn same_meta(a: &Entry, b: &Entry) -> bool {
+    a.reason == b.reason
+        && a.added_by == b.added_by
+        && a.added_at == b.added_at
+        && a.action == b.action
+        && a.dids == b.dids
+        && a.schedule == b.schedule
+        && a.time_zone == b.time_zone
 }
 
 /// Calls `each(field, value)` for every pair of an `HGETALL` reply (RESP2 array or RESP3 map).
