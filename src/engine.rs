@@ -101,7 +101,7 @@ impl Engine {
 
     /// Decides one call like [`Engine::decide`], but first, if no list has ever been loaded,
     /// waits for one up to the decision budget; past it the fail policy decides.
-    pub async fn decide_when_ready(&self, call: &CallEvent) -> Decision {
+    pub async fn decide_when_ready(&self, call: &CallEvent) -> Decided {
         if !self.snapshot.is_ready() {
             let budget = self.settings.load().decision_budget;
             if tokio::time::timeout(budget, self.snapshot.wait_ready())
@@ -115,7 +115,7 @@ impl Engine {
     }
 
     /// The fail policy's decision for a call no list could decide.
-    fn fail_decision(&self, call: &CallEvent) -> Decision {
+    fn fail_decision(&self, call: &CallEvent) -> Decided {
         let started = Instant::now();
         let settings = self.settings.load();
         let number = self.normalizer.normalize(&call.caller_id);
@@ -137,7 +137,10 @@ impl Engine {
             tenant,
         };
         crate::metrics::fail_policy_decision(policy.as_str());
-        self.finish(call, decision, started)
+        Decided {
+            decision,
+            took: started.elapsed(),
+        }
     }
 
     /// The normalizer decisions use.
@@ -146,7 +149,7 @@ impl Engine {
     }
 
     /// Decides one call now, and logs it (debug for every call, info for blocks and tags).
-    pub fn decide(&self, call: &CallEvent) -> Decision {
+    pub fn decide(&self, call: &CallEvent) -> Decided {
         let started = Instant::now();
         let snapshot = self.snapshot.load();
         let settings = self.settings.load();
@@ -183,12 +186,20 @@ impl Engine {
                 apply_attack_policy(&mut decision, &attack, &settings);
             }
         }
-        self.finish(call, decision, started)
+        Decided {
+            decision,
+            took: started.elapsed(),
+        }
     }
 
-    /// Metrics, call log and log line of a decision made.
-    fn finish(&self, call: &CallEvent, decision: Decision, started: Instant) -> Decision {
-        let elapsed = started.elapsed();
+    /// Metrics, call log and log line of a decision made. The front ends call it once the
+    /// verdict is on its way to the PBX: the call does not wait for the bookkeeping.
+    pub fn account(&self, call: &CallEvent, decided: &Decided) {
+        let Decided {
+            decision,
+            took: elapsed,
+        } = decided;
+        let elapsed = *elapsed;
         let micros = elapsed.as_micros();
         crate::metrics::record_call(
             call.protocol.map_or("none", |p| p.as_str()),
@@ -198,7 +209,7 @@ impl Engine {
             elapsed,
         );
         if let Some(log) = &self.call_log
-            && !log.record(call, &decision)
+            && !log.record(call, decision)
         {
             debug!("call log queue full; record dropped");
         }
@@ -233,8 +244,17 @@ impl Engine {
                 if decision.verdict == Verdict::Block { "blocked" } else { "tagged" }
             );
         }
-        decision
     }
+}
+
+/// A decision and how long it took, not yet accounted for ([`Engine::account`]).
+#[derive(Debug)]
+#[must_use = "a decision must be accounted for with Engine::account"]
+pub struct Decided {
+    /// The decision.
+    pub decision: Decision,
+    /// Time spent deciding.
+    pub took: Duration,
 }
 
 /// Under attack, a call no rule decided may still be refused: anonymous and invalid callers

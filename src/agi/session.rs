@@ -159,9 +159,14 @@ impl Conn {
         let call = call_from_env(&env, peer);
         match route(&env) {
             Route::Check => {
-                let decision = context.engine.decide_when_ready(&call).await;
-                remember_caller(context, &env, &call, &decision);
-                self.carry_out(stream, &decision, received).await
+                let decided = context.engine.decide_when_ready(&call).await;
+                // The bookkeeping waits until the verdict is written: the call does not.
+                let account = || {
+                    context.engine.account(&call, &decided);
+                    remember_caller(context, &env, &call, &decided.decision);
+                };
+                self.carry_out(stream, &decided.decision, received, account)
+                    .await
             }
             Route::Remember => {
                 let number = context.engine.normalizer().normalize(&call.caller_id);
@@ -206,27 +211,35 @@ impl Conn {
     }
 
     /// Sets the variables and carries out the action; `received` is when the environment
-    /// block was complete, the start of the in-server verdict time.
+    /// block was complete, the start of the in-server verdict time; `account` runs once the
+    /// verdict is written (or its write failed).
     async fn carry_out(
         &mut self,
         stream: &mut TcpStream,
         decision: &Decision,
         received: Instant,
+        account: impl FnOnce(),
     ) -> Result<(), SessionError> {
         let mut out = Vec::with_capacity(256);
+        let mut account = Some(account);
         // Variables are set even after the caller hung up (allowed on a dead channel), so the
         // `h` extension and CDR/CRM hooks still see the verdict.
-        for (i, (name, value)) in decision_variables(decision).into_iter().enumerate() {
+        for (name, value) in decision_variables(decision) {
             out.clear();
             codec::encode_set_variable(&mut out, name, &value);
-            stream.write_all(&out).await?;
-            if i == 0 {
+            let written = stream.write_all(&out).await;
+            if let Some(account) = account.take() {
                 // CALLGUARD_VERDICT is written: the in-server part of the call is over.
                 crate::metrics::record_verdict_time("agi", received.elapsed());
+                account();
             }
+            written?;
             if !self.await_reply(stream, &out).await? {
                 return Ok(());
             }
+        }
+        if let Some(account) = account.take() {
+            account();
         }
         if decision.verdict != Verdict::Block || !self.settings.act_on_block {
             return Ok(());

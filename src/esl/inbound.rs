@@ -206,7 +206,9 @@ impl Client {
             return Ok(());
         }
         let call = call_from_channel(event, peer);
-        let decision = engine.decide_when_ready(&call).await;
+        let decided = engine.decide_when_ready(&call).await;
+        engine.account(&call, &decided);
+        let decision = decided.decision;
         for (name, value) in decision_variables(&decision) {
             self.api(&setvar_command(&uuid, name, &value)).await?;
         }

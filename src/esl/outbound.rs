@@ -134,7 +134,11 @@ impl Conn {
             });
         }
         let call = call_from_channel(&data, peer);
-        let decision = engine.decide_when_ready(&call).await;
+        let decided = engine.decide_when_ready(&call).await;
+        // Accounted before the answer goes out: FreeSWITCH may end the call and a scrape of
+        // /metrics follow before this task runs again after a one-write answer.
+        engine.account(&call, &decided);
+        let decision = decided.decision;
         let act = decision.verdict == Verdict::Block && self.settings.act_on_block;
         let action = decision.action.as_ref().filter(|_| act);
         let uuid = data
