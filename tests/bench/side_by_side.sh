@@ -8,6 +8,7 @@
 #   bash tests/bench/side_by_side.sh                       # defaults below
 #   ROUNDS=7 CALLS=100000 CONCURRENCY=64 RATE=5000 bash tests/bench/side_by_side.sh
 #   BIN=/tmp/callguard-old bash tests/bench/side_by_side.sh  # another build, same generator
+#   RATE_NICE=19 bash tests/bench/side_by_side.sh    # the fixed-rate generator under nice -n 19
 #
 # Speed figures are printed, never asserted; a wrong verdict or an error fails the script.
 set -euo pipefail
@@ -18,6 +19,9 @@ CONCURRENCY=${CONCURRENCY:-64}
 RATE=${RATE:-5000}
 RATE_CALLS=${RATE_CALLS:-25000}
 BLOCKED=${BLOCKED:-1000}
+RATE_NICE=${RATE_NICE:-0}
+# What runs the generator: itself, or (fixed-rate runs) under nice.
+launcher=()
 
 cd "$(dirname "$0")/../.."
 # shellcheck source=tests/bench/common.sh
@@ -61,7 +65,7 @@ run() { # name, loadgen args...
     local name=$1
     shift
     local out
-    out=$("$bin" --store "$store" loadgen "$@") || {
+    out=$("${launcher[@]}" "$bin" --store "$store" loadgen "$@") || {
         echo "$name FAILED:"
         echo "$out"
         exit 1
@@ -104,7 +108,8 @@ for proto in agi esl; do
 done
 
 echo
-echo "fixed rate $RATE calls/s, $RATE_CALLS calls, against callguard:"
+echo "fixed rate $RATE calls/s, $RATE_CALLS calls, against callguard (generator at nice $RATE_NICE):"
+launcher=(nice -n "$RATE_NICE")
 run rate-agi --agi "$cg_agi" --calls "$RATE_CALLS" --concurrency "$CONCURRENCY" --rate "$RATE" \
     --blocked-numbers "$BLOCKED" --keep-list --metrics "$cg_metrics"
 run rate-esl --esl "$cg_esl" --calls "$RATE_CALLS" --concurrency "$CONCURRENCY" --rate "$RATE" \
