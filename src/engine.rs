@@ -140,6 +140,7 @@ impl Engine {
         Decided {
             decision,
             took: started.elapsed(),
+            counted: None,
         }
     }
 
@@ -161,44 +162,53 @@ impl Engine {
             SystemTime::now(),
         );
         // Only calls no rule refused count toward floods (and an allow-listed caller never
-        // does): a ban must never overwrite a rule someone wrote.
+        // does): a ban must never overwrite a rule someone wrote. They are counted in
+        // `account`, after the verdict is out: counting cannot change this call's verdict
+        // (bans reach later calls through the store), an attack already detected can.
+        let mut counted = None;
         if let Some(flood) = &self.flood
             && decision.verdict != Verdict::Block
             && !decision.allowed_by_list()
         {
             let did = call.called.as_deref().map(|d| self.normalizer.normalize(d));
+            if let Some(attack) =
+                flood
+                    .detector
+                    .under_attack(did.as_ref(), decision.tenant.as_ref(), Instant::now())
+            {
+                // Still counted (as the call it was): an attack refused is an attack going on.
+                apply_attack_policy(&mut decision, &attack, &settings);
+            }
+            counted = Some(FloodCount { did });
+        }
+        Decided {
+            decision,
+            took: started.elapsed(),
+            counted,
+        }
+    }
+
+    /// Flood counting, metrics, call log and log line of a decision made. The front ends
+    /// call it once the verdict is on its way to the PBX: the call does not wait for them.
+    pub fn account(&self, call: &CallEvent, decided: &Decided) {
+        let Decided {
+            decision,
+            took: elapsed,
+            counted,
+        } = decided;
+        if let (Some(flood), Some(FloodCount { did })) = (&self.flood, counted) {
+            // The attack policy changes a verdict, never the number or tenant counted.
             let observed = Observed {
                 number: &decision.number,
                 did: did.as_ref(),
                 tenant: decision.tenant.as_ref(),
             };
-            let now = Instant::now();
             flood.share(&observed);
-            let detections = flood.detector.observe(&observed, now);
+            let detections = flood.detector.observe(&observed, Instant::now());
             if !detections.is_empty() {
                 flood.report(detections);
             }
-            if let Some(attack) =
-                flood
-                    .detector
-                    .under_attack(did.as_ref(), decision.tenant.as_ref(), now)
-            {
-                apply_attack_policy(&mut decision, &attack, &settings);
-            }
         }
-        Decided {
-            decision,
-            took: started.elapsed(),
-        }
-    }
-
-    /// Metrics, call log and log line of a decision made. The front ends call it once the
-    /// verdict is on its way to the PBX: the call does not wait for the bookkeeping.
-    pub fn account(&self, call: &CallEvent, decided: &Decided) {
-        let Decided {
-            decision,
-            took: elapsed,
-        } = decided;
         let elapsed = *elapsed;
         let micros = elapsed.as_micros();
         crate::metrics::record_call(
@@ -255,6 +265,15 @@ pub struct Decided {
     pub decision: Decision,
     /// Time spent deciding.
     pub took: Duration,
+    /// Set when the call counts toward flood detection.
+    counted: Option<FloodCount>,
+}
+
+/// What flood detection counts of a call besides its number and tenant.
+#[derive(Debug)]
+struct FloodCount {
+    /// The called number, normalized.
+    did: Option<CallerNumber>,
 }
 
 /// Under attack, a call no rule decided may still be refused: anonymous and invalid callers

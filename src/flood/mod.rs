@@ -45,6 +45,7 @@ mod tests;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -954,6 +955,14 @@ impl FloodDetector {
         did.or_else(|| tenant.and_then(|t| counter.state(TargetRef::Tenant(t), &self.hasher, tick)))
     }
 
+    /// False when no DID or tenant is under attack ([`FloodDetector::under_attack`] answers
+    /// `None` for every call); true when one may be.
+    pub fn attacks_possible(&self) -> bool {
+        self.target
+            .as_ref()
+            .is_some_and(|t| !t.attacking.is_empty())
+    }
+
     /// Drops idle state and forgotten bans and reports attacks whose hold-down has run out.
     /// Call it from a timer (e.g. every second); `observe` also reuses idle state as it goes.
     pub fn expire(&mut self, now: Instant) -> Detections {
@@ -1065,19 +1074,24 @@ fn ticks_since(epoch: Instant, now: Instant) -> Tick {
 #[derive(Clone)]
 pub struct SharedDetector {
     inner: Arc<Mutex<FloodDetector>>,
+    // Whether any DID or tenant may be under attack, refreshed by every change under the
+    // lock: almost always false, and then deciding a call takes no lock at all (two workers
+    // taking turns on it, one preempted while holding it, was the decision's tail).
+    attacks: Arc<AtomicBool>,
 }
 
 impl SharedDetector {
     /// Shares `detector`.
     pub fn new(detector: FloodDetector) -> SharedDetector {
         SharedDetector {
+            attacks: Arc::new(AtomicBool::new(detector.attacks_possible())),
             inner: Arc::new(Mutex::new(detector)),
         }
     }
 
     /// See [`FloodDetector::observe`].
     pub fn observe(&self, call: &Observed<'_>, now: Instant) -> Detections {
-        self.lock().observe(call, now)
+        self.changing(|d| d.observe(call, now))
     }
 
     /// See [`FloodDetector::under_attack`].
@@ -1087,17 +1101,29 @@ impl SharedDetector {
         tenant: Option<&Tenant>,
         now: Instant,
     ) -> Option<AttackState> {
+        if !self.attacks.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock().under_attack(did, tenant, now)
     }
 
     /// See [`FloodDetector::expire`].
     pub fn expire(&self, now: Instant) -> Detections {
-        self.lock().expire(now)
+        self.changing(|d| d.expire(now))
     }
 
     /// See [`FloodDetector::merge_remote`].
     pub fn merge_remote(&self, key: &FloodKey, count: u32, now: Instant) -> Detections {
-        self.lock().merge_remote(key, count, now)
+        self.changing(|d| d.merge_remote(key, count, now))
+    }
+
+    /// Runs `change` under the lock and refreshes the attack flag before letting go.
+    fn changing<T>(&self, change: impl FnOnce(&mut FloodDetector) -> T) -> T {
+        let mut detector = self.lock();
+        let out = change(&mut detector);
+        self.attacks
+            .store(detector.attacks_possible(), Ordering::Release);
+        out
     }
 
     /// See [`FloodDetector::tracked`].

@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
@@ -458,6 +459,37 @@ fn target_attack_starts_holds_and_ends() {
         AttackEvent::Ended { since, .. } if *since == start
     )));
     assert!(det.expire(at(t0, 45.0)).is_empty());
+}
+
+/// The shared handle answers "no attack" without its lock while nothing is under attack, and
+/// still sees an attack from the call that starts it to the expiry that ends it.
+#[test]
+fn shared_detector_skips_the_lock_only_while_no_attack_is_on() {
+    let t0 = Instant::now();
+    let det = SharedDetector::new(FloodDetector::new(target(5.0, 10, 30)));
+    let did = num("+78125550000");
+    let anonymous = CallerNumber::Anonymous;
+    let call = Observed {
+        number: &anonymous,
+        did: Some(&did),
+        tenant: None,
+    };
+    assert!(!det.attacks.load(Ordering::Acquire));
+    for i in 0..50 {
+        det.observe(&call, at(t0, f64::from(i) * 0.1));
+        assert!(!det.attacks.load(Ordering::Acquire), "call {i}");
+    }
+    assert_eq!(det.under_attack(Some(&did), None, at(t0, 5.0)), None);
+    // The 51st call starts the attack.
+    assert_eq!(det.observe(&call, at(t0, 5.0)).attacks.len(), 1);
+    assert!(det.attacks.load(Ordering::Acquire));
+    assert!(det.under_attack(Some(&did), None, at(t0, 5.0)).is_some());
+    // Held down until 45 s (above the limit until 15 s, then 30 s), ended by the expiry.
+    assert!(det.expire(at(t0, 20.0)).is_empty());
+    assert!(det.under_attack(Some(&did), None, at(t0, 20.0)).is_some());
+    assert_eq!(det.expire(at(t0, 46.0)).attacks.len(), 1);
+    assert!(!det.attacks.load(Ordering::Acquire));
+    assert_eq!(det.under_attack(Some(&did), None, at(t0, 46.0)), None);
 }
 
 #[test]
