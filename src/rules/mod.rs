@@ -160,14 +160,20 @@ impl Entry {
         self.list == other.list
             && self.tenant == other.tenant
             && self.pattern == other.pattern
-            && self.dids == other.dids
+            && self.same_meta(other)
+            && self.expires_at.is_some() == other.expires_at.is_some()
+    }
+
+    /// Equal in what a store keeps beside the rule itself: DIDs, action, schedule and zone,
+    /// reason and bookkeeping (not list, tenant, pattern or expiry).
+    pub fn same_meta(&self, other: &Entry) -> bool {
+        self.dids == other.dids
             && self.action == other.action
             && self.schedule == other.schedule
             && self.time_zone == other.time_zone
             && self.reason == other.reason
             && self.added_by == other.added_by
             && self.added_at == other.added_at
-            && self.expires_at.is_some() == other.expires_at.is_some()
     }
 
     /// Of two entries for the same key, the one that applies longer wins the merge, so a

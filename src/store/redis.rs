@@ -318,13 +318,7 @@ impl RedisStore {
         now: SystemTime,
     ) -> Result<(), StoreError> {
         for (entry, canonical, _) in writes {
-            let value = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
-                StoreError::Redis(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    "cannot encode entry",
-                    e.to_string(),
-                )))
-            })?;
+            let value = encode_meta(entry)?;
             let canonical = canonical.as_ref();
             match entry.expires_at {
                 Some(at) => {
@@ -460,15 +454,9 @@ impl RedisStore {
         let mut shared: Option<(&Entry, String)> = None;
         for entry in &bulked {
             let reference = match &shared {
-                Some((prev, reference)) if same_meta(prev, entry) => reference,
+                Some((prev, reference)) if prev.same_meta(entry) => reference,
                 _ => {
-                    let json = serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
-                        StoreError::Redis(redis::RedisError::from((
-                            redis::ErrorKind::Client,
-                            "cannot encode entry",
-                            e.to_string(),
-                        )))
-                    })?;
+                    let json = encode_meta(entry)?;
                     let id = bulk::meta_id(&json);
                     metas.insert(id.clone(), json);
                     &shared.insert((entry, bulk::meta_ref(&id))).1
@@ -1589,15 +1577,15 @@ impl ValueCache {
     }
 }
 
-/// True when two entries store the same metadata (what [`EntryMeta::of`] keeps).
-fn same_meta(a: &Entry, b: &Entry) -> bool {
-    a.reason == b.reason
-        && a.added_by == b.added_by
-        && a.added_at == b.added_at
-        && a.action == b.action
-        && a.dids == b.dids
-        && a.schedule == b.schedule
-        && a.time_zone == b.time_zone
+/// The JSON value a rule is stored with (its [`EntryMeta`]).
+fn encode_meta(entry: &Entry) -> Result<String, StoreError> {
+    serde_json::to_string(&EntryMeta::of(entry)).map_err(|e| {
+        StoreError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "cannot encode entry",
+            e.to_string(),
+        )))
+    })
 }
 
 /// Calls `each(field, value)` for every pair of an `HGETALL` reply (RESP2 array or RESP3 map).

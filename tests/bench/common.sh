@@ -27,3 +27,17 @@ with open(sys.argv[1], 'w') as f:
         f.write('+7%d\n' % (9160000000 + i))
 " "$1" "$2"
 }
+
+# start_redis DIR: a private redis-server (127.0.0.1, a free port, no persistence, files in
+# DIR); sets RPORT and REDIS_PID. Stop it with: redis-cli -p "$RPORT" shutdown nosave
+start_redis() {
+    RPORT=$(free_port)
+    redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$1" --save "" --appendonly no \
+        --daemonize yes --logfile "$1/redis.log"
+    until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
+    # shellcheck disable=SC2034 # read by the scripts that source this file
+    REDIS_PID=$(redis-cli -p "$RPORT" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
+}
+
+# cpu_s PID: CPU seconds (user + system) the process has used so far.
+cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }

@@ -16,19 +16,13 @@ ROUNDS=${ROUNDS:-2}
 . tests/bench/common.sh
 BIN=$(callguard_bin)
 WORK=$(mktemp -d)
-RPORT=$(free_port)
 cleanup() {
   [[ -n ${SERVE_PID:-} ]] && kill "$SERVE_PID" 2>/dev/null || true
-  redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+  [[ -n ${RPORT:-} ]] && redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-redis-server --port "$RPORT" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly no \
-  --daemonize yes --logfile "$WORK/redis.log"
-until redis-cli -p "$RPORT" ping >/dev/null 2>&1; do sleep 0.1; done
-REDIS_PID=$(redis-cli -p "$RPORT" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
-cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+start_redis "$WORK"
 used() { redis-cli -p "$RPORT" info memory | grep -m1 '^used_memory:' | cut -d: -f2 | tr -d '\r'; }
 
 echo "== $N numbers + $MASKS masks"
