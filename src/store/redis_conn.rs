@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
@@ -282,6 +282,24 @@ impl Subscription {
     /// The next message; `None` when a connection closed (resubscribe).
     pub async fn next(&mut self) -> Option<redis::Msg> {
         self.messages.next().await.flatten()
+    }
+
+    /// Drops the messages already received, without waiting for more (at most a million, so
+    /// a steady stream cannot hold the caller); how many, or an error when a connection closed.
+    pub fn drain_ready(&mut self) -> Result<usize, StoreError> {
+        for dropped in 0..1_000_000 {
+            match self.messages.next().now_or_never() {
+                None => return Ok(dropped),
+                Some(Some(Some(_))) => {}
+                Some(Some(None) | None) => {
+                    return Err(StoreError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "pub/sub connection closed",
+                    ))));
+                }
+            }
+        }
+        Ok(1_000_000)
     }
 }
 

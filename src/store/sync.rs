@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{LocalStore, RedisStore, Store, StoreError};
+use super::{LocalStore, RedisStore, Store, StoreError, bulk};
 use crate::metrics;
 use crate::rules::{Entry, ListKind, RuleKey, Snapshot, SnapshotBuilder, TimeZone};
 use crate::snapshot::SnapshotHandle;
@@ -392,7 +392,7 @@ async fn redis_session(
                 }
             }
             () = sleep_until(flush_deadline) => {
-                let big = pending_rules(store, &pending) > PATCH_MAX_RULES;
+                let big = reload_is_cheaper(store, &pending, &handle.load());
                 if flush_at.is_some() && !big {
                     flush_at = None;
                     let keys: Vec<String> = pending.drain().collect();
@@ -402,8 +402,13 @@ async fn redis_session(
                     if big {
                         info!(keys = pending.len(), "big change (an import): reloading everything");
                     }
-                    // Cleared before the load: whatever changes meanwhile is heard again.
+                    // Cleared before the load: whatever changes meanwhile is heard again. So
+                    // is what was already announced: those writes came before the load starts,
+                    // which sees them (an import's announcements arrive in a burst that would
+                    // otherwise make a second reload).
                     pending.clear();
+                    let covered = messages.drain_ready()?;
+                    debug!(covered, "announcements the reload covers dropped");
                     flush_at = None;
                     next_resync = Instant::now() + resync_every;
                     resync(store, handle, &options.time_zone, version).await?;
@@ -413,23 +418,26 @@ async fn redis_session(
     }
 }
 
-/// A change set touching more rules than this (an import into a running system) is applied
-/// by reloading everything: one streamed load beats reading each rule's spellings one by one.
-const PATCH_MAX_RULES: usize = 100_000;
-
-/// Rules a pending change set stands for, roughly: a rule key is one, a bulk bucket (a hash
-/// of up to a few hundred rules) counts as 100.
-fn pending_rules(store: &RedisStore, pending: &HashSet<String>) -> usize {
-    pending
+/// Whether the `pending` changes are cheaper to apply by reloading all of `current`'s list
+/// than by reading each rule's spellings (a patch).
+fn reload_is_cheaper(store: &RedisStore, pending: &HashSet<String>, current: &Snapshot) -> bool {
+    let buckets = pending
         .iter()
-        .map(|k| {
-            if store.parse_bulk_key(k).is_some() {
-                100
-            } else {
-                1
-            }
-        })
-        .sum()
+        .filter(|k| store.parse_bulk_key(k).is_some())
+        .count();
+    let loaded = current.len(ListKind::Block) + current.len(ListKind::Allow);
+    reload_beats_patch(pending.len() - buckets, buckets, loaded)
+}
+
+/// [`reload_is_cheaper`] in numbers: reading a rule's spellings costs ~30 times what a
+/// streamed load spends on one (measured at 10.1M rules: 77,000 rules patched in 3.5 s, the
+/// whole list loaded in 15 s), and a bulk bucket holds its share of the list (an import
+/// spreads rules evenly over the buckets). Up to 1,000 rules are always patched.
+fn reload_beats_patch(rule_keys: usize, buckets: usize, loaded: usize) -> bool {
+    let per_bucket = usize::try_from(bulk::BUCKETS)
+        .map_or(1, |all| loaded / all)
+        .max(1);
+    rule_keys + buckets * per_bucket > (loaded / 30).max(1_000)
 }
 
 /// Loads everything and publishes it unless it holds the same rules as the current snapshot.
@@ -481,4 +489,24 @@ async fn full_load(store: &RedisStore, zone: &TimeZone) -> Result<SnapshotBuilde
     let mut builder = SnapshotBuilder::new(zone);
     store.load_each(|_, entry| builder.add(entry)).await?;
     Ok(builder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reload_beats_patch;
+
+    #[test]
+    fn big_change_sets_reload_small_ones_patch() {
+        // A small list: up to 1,000 rules patched, then a reload (it is cheap).
+        assert!(!reload_beats_patch(1_000, 0, 50));
+        assert!(reload_beats_patch(1_001, 0, 50));
+        // On a small list a bucket holds about one rule.
+        assert!(!reload_beats_patch(0, 900, 300));
+        assert!(reload_beats_patch(0, 1_200, 300));
+        // 10 million rules: ~76 a bucket; patches up to ~333,000 rules (~4,400 buckets).
+        assert!(!reload_beats_patch(300_000, 0, 10_000_000));
+        assert!(!reload_beats_patch(0, 4_000, 10_000_000));
+        assert!(reload_beats_patch(0, 5_000, 10_000_000));
+        assert!(reload_beats_patch(400_000, 0, 10_000_000));
+    }
 }
