@@ -1327,6 +1327,19 @@ impl RedisStore {
         format!("{}:flood", self.prefix)
     }
 
+    /// Publishes `marker` on the changes channel (callguard's own messages there are keys;
+    /// a marker is not one, so other servers ignore it).
+    pub async fn publish_marker(&self, marker: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        self.run(
+            redis::cmd("PUBLISH")
+                .arg(self.changes_channel())
+                .arg(marker)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
     /// Publishes one batch of flood counts.
     pub async fn publish_flood(&self, message: &str) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;

@@ -284,13 +284,14 @@ impl Subscription {
         self.messages.next().await.flatten()
     }
 
-    /// Drops the messages already received, without waiting for more (at most a million, so
-    /// a steady stream cannot hold the caller); how many, or an error when a connection closed.
-    pub fn drain_ready(&mut self) -> Result<usize, StoreError> {
-        for dropped in 0..1_000_000 {
+    /// The messages already received, without waiting for more (at most a million, so a
+    /// steady stream cannot hold the caller); an error when a connection closed.
+    pub fn take_ready(&mut self) -> Result<Vec<redis::Msg>, StoreError> {
+        let mut ready = Vec::new();
+        while ready.len() < 1_000_000 {
             match self.messages.next().now_or_never() {
-                None => return Ok(dropped),
-                Some(Some(Some(_))) => {}
+                None => break,
+                Some(Some(Some(msg))) => ready.push(msg),
                 Some(Some(None) | None) => {
                     return Err(StoreError::Redis(redis::RedisError::from((
                         redis::ErrorKind::Io,
@@ -299,7 +300,7 @@ impl Subscription {
                 }
             }
         }
-        Ok(1_000_000)
+        Ok(ready)
     }
 }
 

@@ -324,6 +324,8 @@ async fn redis_session(
     // Subscribe before loading, so no change between the load and the subscription is missed.
     let mut messages = store.subscribe(notifications).await?;
     let masters = messages.masters.clone();
+    let single_connection = masters.len() == 1;
+    let (mut reloaded_before, mut marker_count): (Option<String>, u64) = (None, 0);
     let started = Instant::now();
     let builder = full_load(store, &options.time_zone).await?;
     let loaded = builder.len();
@@ -377,21 +379,26 @@ async fn redis_session(
                         "pub/sub connection closed",
                     ))));
                 };
-                let channel = msg.get_channel_name();
-                let key = if msg.from_pattern() {
-                    store.key_from_keyspace_channel(channel).map(str::to_owned)
-                } else {
-                    msg.get_payload::<String>().ok()
-                };
-                if let Some(key) = key.filter(|k| {
-                    store.parse_key(k).is_some() || store.parse_bulk_key(k).is_some()
-                }) {
+                if let Some(marker) = &reloaded_before {
+                    // Announced before the last reload began: it saw these writes.
+                    if !msg.from_pattern() && msg.get_payload::<String>().ok().as_ref() == Some(marker) {
+                        reloaded_before = None;
+                    }
+                } else if let Some(key) = changed_key(store, &msg) {
                     debug!(%key, "store change");
                     pending.insert(key);
                     flush_at.get_or_insert_with(|| Instant::now() + coalesce);
                 }
             }
             () = sleep_until(flush_deadline) => {
+                // Everything announced by now, not only what the loop took in the last few
+                // milliseconds: an import's burst is then judged whole.
+                pending.extend(
+                    messages
+                        .take_ready()?
+                        .iter()
+                        .filter_map(|msg| changed_key(store, msg)),
+                );
                 let big = reload_is_cheaper(store, &pending, &handle.load());
                 if flush_at.is_some() && !big {
                     flush_at = None;
@@ -407,8 +414,19 @@ async fn redis_session(
                     // which sees them (an import's announcements arrive in a burst that would
                     // otherwise make a second reload).
                     pending.clear();
-                    let covered = messages.drain_ready()?;
+                    let covered = messages.take_ready()?.len();
                     debug!(covered, "announcements the reload covers dropped");
+                    // On one server, messages reach us in the order Redis sent them: what
+                    // arrives before this marker was announced before the reload began, so
+                    // the reload covers it (an import's burst, still in flight, does not make
+                    // a second reload). A cluster delivers each master's messages on its own
+                    // connection, in no order between them: there every message counts.
+                    if single_connection {
+                        marker_count += 1;
+                        let marker = format!("reload {} {marker_count}", std::process::id());
+                        store.publish_marker(&marker).await?;
+                        reloaded_before = Some(marker);
+                    }
                     flush_at = None;
                     next_resync = Instant::now() + resync_every;
                     resync(store, handle, &options.time_zone, version).await?;
@@ -416,6 +434,19 @@ async fn redis_session(
             }
         }
     }
+}
+
+/// The rule key or bulk bucket a change message names (a keyspace notification's channel, or
+/// the payload of a `callguard:changes` message); `None` for other keys.
+fn changed_key(store: &RedisStore, msg: &redis::Msg) -> Option<String> {
+    let key = if msg.from_pattern() {
+        store
+            .key_from_keyspace_channel(msg.get_channel_name())
+            .map(str::to_owned)
+    } else {
+        msg.get_payload::<String>().ok()
+    };
+    key.filter(|k| store.parse_key(k).is_some() || store.parse_bulk_key(k).is_some())
 }
 
 /// Whether the `pending` changes are cheaper to apply by reloading all of `current`'s list
