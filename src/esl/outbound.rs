@@ -135,10 +135,10 @@ impl Conn {
         }
         let call = call_from_channel(&data, peer);
         let decided = engine.decide_when_ready(&call).await;
-        // Accounted before the answer goes out: FreeSWITCH may end the call and a scrape of
-        // /metrics follow before this task runs again after a one-write answer.
-        engine.account(&call, &decided);
-        let decision = decided.decision;
+        // The bookkeeping waits until the answer is written: the call does not. It runs right
+        // after that write returns, in the same poll of this task.
+        let account = || engine.account(&call, &decided);
+        let decision = &decided.decision;
         let act = decision.verdict == Verdict::Block && self.settings.act_on_block;
         let action = decision.action.as_ref().filter(|_| act);
         let uuid = data
@@ -155,7 +155,7 @@ impl Conn {
         let full_control = data.get("Control") == Some("full");
         if let (Some(uuid), false, true) = (uuid.as_deref(), waits_for_an_app, full_control) {
             return self
-                .answer_at_once(stream, uuid, &decision, action, received)
+                .answer_at_once(stream, uuid, decision, action, received, account)
                 .await;
         }
 
@@ -166,7 +166,7 @@ impl Conn {
         // one per command; the bytes are the same as sending them one by one.
         out.clear();
         codec::encode_myevents(&mut out);
-        let vars = decision_variables(&decision);
+        let vars = decision_variables(decision);
         let uuid = event_uuid();
         for (i, (name, value)) in vars.iter().enumerate() {
             let last = i + 1 == vars.len();
@@ -174,9 +174,11 @@ impl Conn {
             // events (a refused `myevents`) the id is simply never reported.
             encode_set(&mut out, name, value, last.then_some(uuid.as_str()), last);
         }
-        stream.write_all(&out).await?;
+        let written = stream.write_all(&out).await;
         // callguard_verdict is written.
         crate::metrics::record_verdict_time("esl", received.elapsed());
+        account();
+        written?;
         let events_on = self
             .expect_reply(stream, b"myevents", "myevents")
             .await
@@ -266,6 +268,7 @@ impl Conn {
         decision: &Decision,
         action: Option<&RuleAction>,
         received: std::time::Instant,
+        account: impl FnOnce(),
     ) -> Result<(), EslSessionError> {
         let vars = decision_variables(decision);
         let mut out = Vec::with_capacity(1024);
@@ -283,7 +286,9 @@ impl Conn {
         // Recorded before the write: this one write is the whole answer, and FreeSWITCH may
         // finish the call (and a scrape see the histogram) before this task runs again.
         crate::metrics::record_verdict_time("esl", received.elapsed());
-        stream.write_all(&out).await?;
+        let written = stream.write_all(&out).await;
+        account();
+        written?;
         match self
             .read_answers(stream, uuid, &vars, hangup_cause.is_some())
             .await
