@@ -1330,26 +1330,18 @@ impl RedisStore {
     /// Publishes `marker` on the changes channel (callguard's own messages there are keys;
     /// a marker is not one, so other servers ignore it).
     pub async fn publish_marker(&self, marker: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        self.run(
-            redis::cmd("PUBLISH")
-                .arg(self.changes_channel())
-                .arg(marker)
-                .query_async::<()>(&mut conn),
-        )
-        .await
+        self.publish(&self.changes_channel(), marker).await
     }
 
     /// Publishes one batch of flood counts.
     pub async fn publish_flood(&self, message: &str) -> Result<(), StoreError> {
+        self.publish(&self.flood_channel(), message).await
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        self.run(
-            redis::cmd("PUBLISH")
-                .arg(self.flood_channel())
-                .arg(message)
-                .query_async::<()>(&mut conn),
-        )
-        .await
+        self.run(Cmd::publish(channel, message).query_async::<()>(&mut conn))
+            .await
     }
 
     /// The call log stream key, `<prefix>:calls`.
