@@ -295,11 +295,7 @@ impl RedisStore {
             .map(|e| self.key(e.tenant.as_ref(), e.list, &e.pattern.to_string()))
             .collect();
         let stale = self.stale_spellings(&canonical, false).await?;
-        let writes: Vec<(&Entry, &String, &[String])> = entries
-            .iter()
-            .zip(&canonical)
-            .map(|(entry, key)| (entry, key, stale.get(key).map_or(&[][..], Vec::as_slice)))
-            .collect();
+        let writes = with_stale(entries.iter(), &canonical, &stale);
         let mut batch = Batch::new();
         batch.atomic();
         self.queue_writes(&mut batch, &writes, now)?;
@@ -429,19 +425,28 @@ impl RedisStore {
         let now = SystemTime::now();
         let (keyed, bulked): (Vec<&Entry>, Vec<&Entry>) =
             entries.iter().partition(|e| e.expires_at.is_some());
-        let key_of = |e: &Entry| self.key(e.tenant.as_ref(), e.list, &e.pattern.to_string());
-        let keyed_canonical: Vec<String> = keyed.iter().map(|e| key_of(e)).collect();
-        let bulk_canonical: Vec<String> = bulked.iter().map(|e| key_of(e)).collect();
-        let stale = self.stale_spellings(&keyed_canonical, false).await?;
-        let existing = self.stale_spellings(&bulk_canonical, true).await?;
+        // Canonical keys, the keyed rules' first.
+        let canonical: Vec<String> = keyed
+            .iter()
+            .chain(&bulked)
+            .map(|e| self.key(e.tenant.as_ref(), e.list, &e.pattern.to_string()))
+            .collect();
+        let keyed_canonical = &canonical[..keyed.len()];
+        // One lookup for both kinds (on a small keyspace, one SCAN of it): every key of each
+        // rule that exists now. A keyed rule keeps its canonical key (it is rewritten); a bulk
+        // rule loses it too.
+        let mut existing = self.stale_spellings(&canonical, true).await?;
+        let mut stale = HashMap::new();
+        for key in keyed_canonical {
+            if let Some(mut keys) = existing.remove(key) {
+                keys.retain(|k| k != key);
+                stale.insert(key.clone(), keys);
+            }
+        }
 
         let mut batch = Batch::new();
         batch.atomic();
-        let writes: Vec<(&Entry, &String, &[String])> = keyed
-            .iter()
-            .zip(&keyed_canonical)
-            .map(|(e, key)| (*e, key, stale.get(key).map_or(&[][..], Vec::as_slice)))
-            .collect();
+        let writes = with_stale(keyed.iter().copied(), keyed_canonical, &stale);
         if !writes.is_empty() {
             self.queue_writes(&mut batch, &writes, now)?;
             batch.then();
@@ -1580,6 +1585,19 @@ impl ValueCache {
         self.last = Some((list, stored.to_vec(), parsed.clone()));
         parsed
     }
+}
+
+/// Each entry with its canonical key and the other keys of its rule that exist (`stale`, by
+/// canonical key), as [`RedisStore::queue_writes`] takes them.
+fn with_stale<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    canonical: &'a [String],
+    stale: &'a HashMap<String, Vec<String>>,
+) -> Vec<(&'a Entry, &'a String, &'a [String])> {
+    entries
+        .zip(canonical)
+        .map(|(entry, key)| (entry, key, stale.get(key).map_or(&[][..], Vec::as_slice)))
+        .collect()
 }
 
 /// The JSON value a rule is stored with (its [`EntryMeta`]).
