@@ -132,6 +132,19 @@ fn next_command(reader: &mut impl BufRead) -> String {
         .unwrap_or_default()
 }
 
+/// Starts FreeSWITCH's side of a call by hand: connects, takes callguard's `connect` and sends
+/// the channel data of a call from `caller_id`; the rest is up to the test.
+fn channel_data_sent(addr: SocketAddr, caller_id: &str) -> (TcpStream, BufReader<TcpStream>) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    assert_eq!(next_command(&mut reader), "connect");
+    s.write_all(&connect_reply(caller_id, &[]))
+        .expect("channel data");
+    (s, reader)
+}
+
 /// Plays FreeSWITCH's `socket` app for one call against callguard's ESL listener.
 pub fn esl_call(addr: SocketAddr, caller_id: &str, extra: &[(&str, &str)]) -> EslOutcome {
     let mut s = TcpStream::connect(addr).expect("connect to callguard esl");
@@ -418,13 +431,7 @@ fn garbage_silence_and_hangups_never_stall_the_server() {
 fn an_allowed_call_is_answered_in_one_flight_without_events() {
     let (_dir, server) = server_with_rules(&[], &[]);
     let addr = server.esl.expect("esl listener");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    assert_eq!(next_command(&mut reader), "connect");
-    s.write_all(&connect_reply("84951234567", &[]))
-        .expect("channel data");
+    let (_freeswitch, mut reader) = channel_data_sent(addr, "84951234567");
     for name in ["verdict", "reason", "number"] {
         let command = next_command(&mut reader);
         assert!(
@@ -460,13 +467,7 @@ fn without_full_control_the_variables_go_by_sendmsg() {
 fn a_caller_gone_before_the_replies_is_not_an_error() {
     let (_dir, server) = server_with_rules(&[], &[]);
     let addr = server.esl.expect("esl listener");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    assert_eq!(next_command(&mut reader), "connect");
-    s.write_all(&connect_reply("84957654321", &[]))
-        .expect("channel data");
+    let (mut s, mut reader) = channel_data_sent(addr, "84957654321");
     assert!(next_command(&mut reader).starts_with("api uuid_setvar "));
     s.write_all(&fixture("freeswitch/outbound/call2_after_exit.raw"))
         .expect("disconnect notice");
@@ -483,13 +484,7 @@ fn a_caller_gone_before_the_replies_is_not_an_error() {
 fn a_refused_uuid_setvar_is_logged_and_the_call_still_resumes() {
     let (_dir, server) = server_with_rules(&[], &[]);
     let addr = server.esl.expect("esl listener");
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
-    let mut reader = BufReader::new(s.try_clone().expect("clone"));
-    assert_eq!(next_command(&mut reader), "connect");
-    s.write_all(&connect_reply("84957654321", &[]))
-        .expect("channel data");
+    let (mut s, mut reader) = channel_data_sent(addr, "84957654321");
     let refusal = "-ERR No such channel!\n";
     for _ in 0..3 {
         assert!(next_command(&mut reader).starts_with("api uuid_setvar "));
