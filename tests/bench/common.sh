@@ -39,5 +39,19 @@ start_redis() {
     REDIS_PID=$(redis-cli -p "$RPORT" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
 }
 
+# work_with_redis: WORK = a temp dir holding a private redis-server (start_redis); at exit
+# the server is shut down, the `serve` process SERVE_PID (if set) killed and WORK removed.
+work_with_redis() {
+    WORK=$(mktemp -d)
+    trap cleanup_work EXIT
+    start_redis "$WORK"
+}
+
+cleanup_work() {
+    [[ -n ${SERVE_PID:-} ]] && kill "$SERVE_PID" 2>/dev/null || true
+    [[ -n ${RPORT:-} ]] && redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
+    rm -rf "$WORK"
+}
+
 # cpu_s PID: CPU seconds (user + system) the process has used so far.
 cpu_s() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }

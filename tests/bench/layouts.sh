@@ -15,14 +15,7 @@ ROUNDS=${ROUNDS:-2}
 # shellcheck source=tests/bench/common.sh
 . tests/bench/common.sh
 BIN=$(callguard_bin)
-WORK=$(mktemp -d)
-cleanup() {
-  [[ -n ${SERVE_PID:-} ]] && kill "$SERVE_PID" 2>/dev/null || true
-  [[ -n ${RPORT:-} ]] && redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-start_redis "$WORK"
+work_with_redis
 used() { redis-cli -p "$RPORT" info memory | grep -m1 '^used_memory:' | cut -d: -f2 | tr -d '\r'; }
 
 echo "== $N numbers + $MASKS masks"

@@ -20,14 +20,7 @@ LAYOUT=${LAYOUT:-bulk}
 # shellcheck source=tests/bench/common.sh
 . tests/bench/common.sh
 BIN=$(callguard_bin)
-WORK=$(mktemp -d)
-cleanup() {
-  [[ -n ${SERVE_PID:-} ]] && kill "$SERVE_PID" 2>/dev/null || true
-  [[ -n ${RPORT:-} ]] && redis-cli -p "$RPORT" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-start_redis "$WORK"
+work_with_redis
 
 echo "== filling redis with $N numbers + $MASKS masks ($LAYOUT layout)"
 t=$(date +%s.%N)
