@@ -247,6 +247,25 @@ fn a_big_list_loads_in_batches_with_ttls_spellings_and_odd_keys() {
         ":1"
     );
     assert_eq!(redis.cmd(&["SET", "callguard:block:_7495*1", "x"]), "+OK");
+    // A bulk bucket typed by hand: a rule with its reason inline (loads), a rule whose
+    // metadata id names nothing and a field that is no rule (both skipped with a warning).
+    let bucket = format!(
+        "callguard:bulk:block:{}",
+        callguard::store::bulk::bucket_name(callguard::store::bulk::bucket_of("+79005550002"))
+    );
+    assert_eq!(
+        redis.cmd(&[
+            "HSET",
+            &bucket,
+            "+79005550002",
+            "hand bucket",
+            "+79005550001",
+            "@0000000000000000",
+            "_7495*1",
+            "x"
+        ]),
+        ":3"
+    );
     assert_eq!(
         // Long enough to outlive a slow start; shortened below once the server has it.
         redis.cmd(&[
@@ -268,6 +287,20 @@ fn a_big_list_loads_in_batches_with_ttls_spellings_and_odd_keys() {
     );
     assert_eq!(verdict("88125550011"), "block");
     assert_eq!(verdict("89001112233"), "allow");
+    assert_eq!(
+        agi_call(server.agi, "89005550002").vars["CALLGUARD_REASON"],
+        "hand bucket"
+    );
+    assert_eq!(verdict("89005550001"), "allow");
+    // The same loader in the CLI says what it skipped.
+    let listed = cli(&redis.url(), &["list"]);
+    let warnings = String::from_utf8_lossy(&listed.stderr);
+    assert!(
+        warnings.contains("ignoring unusable rules of a bulk bucket")
+            && warnings.contains("rules=2"),
+        "{warnings}"
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("+79005550002"));
     assert_eq!(verdict("89009999999"), "block");
     assert_eq!(
         redis.cmd(&["PEXPIRE", "callguard:block:+79009999999", "300"]),
