@@ -3,8 +3,8 @@
 //!
 //! One key per rule costs Redis a key lookup (several cache misses) per rule on every cold
 //! load: 3 µs a rule, 31 s of Redis CPU for ten million. A hash of ~80 rules is one lookup and
-//! one sequential walk of a small, compactly encoded value, about 0.25 µs a rule, and it takes
-//! a seventh of the memory. Hand edits keep the key-per-rule layout (`redis-cli SET`/`DEL`
+//! one sequential walk of a small, compactly encoded value, about 0.2 µs a rule, and it takes
+//! a sixth of the memory (BENCHMARKS.md, "Bulk layout"). Hand edits keep the key-per-rule layout (`redis-cli SET`/`DEL`
 //! on a number); `callguard import` writes big files (or `--layout bulk`) this way:
 //!
 //! - `<prefix>:bulk:<list>:<bucket>` (tenant lists: `<prefix>:tenant:<t>:bulk:<list>:<bucket>`)

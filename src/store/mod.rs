@@ -29,8 +29,8 @@ pub use self::redis::RedisStore;
 pub enum Layout {
     /// One key per rule (`callguard:block:+7...`): what `redis-cli SET`/`DEL` edit.
     Keys,
-    /// Many rules per hash ([`bulk`]): a seventh of the memory and a tenth of Redis's work to
-    /// load, for big lists.
+    /// Many rules per hash ([`bulk`]): a sixth of the memory and a fifteenth of Redis's work
+    /// to load, for big lists.
     Bulk,
 }
 
